@@ -1,0 +1,100 @@
+"""Request dependencies as ``Annotated`` aliases; tests swap them through ``app.dependency_overrides``.
+
+Everything comes from ``app.state``, filled by the app's lifespan: ``settings``, ``runtime`` (a started
+``rag.factory.Runtime``) and ``upload_lock`` (serialises uploads within this process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.schemas import ChatCompletionRequest, QueryRequest, check_limits
+from rag.answering import AnswerService
+from rag.factory import Runtime
+from rag.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="Needed when the service runs with api.api_key set.")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_runtime_or_none(request: Request) -> Runtime | None:
+    return getattr(request.app.state, "runtime", None)
+
+
+MaybeRuntimeDep = Annotated[Runtime | None, Depends(get_runtime_or_none)]
+
+
+def get_runtime(runtime: MaybeRuntimeDep) -> Runtime:
+    """The started runtime; 503 while there is none (outside the app's lifespan)."""
+    if runtime is None or runtime.index is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is starting or stopping; retry shortly")
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_answers(runtime: RuntimeDep) -> AnswerService:
+    """The answering pipeline; 503 when the runtime was started without a generator."""
+    if runtime.answers is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the generator is not loaded in this process")
+    return runtime.answers
+
+
+AnswersDep = Annotated[AnswerService, Depends(get_answers)]
+
+
+def get_upload_lock(request: Request) -> asyncio.Lock:
+    return request.app.state.upload_lock
+
+
+UploadLockDep = Annotated[asyncio.Lock, Depends(get_upload_lock)]
+
+
+def require_api_key(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """401 unless ``Authorization: Bearer <api.api_key>`` is sent (no check when no key is configured)."""
+    expected = settings.api.api_key
+    if not expected:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+ApiKeyDep = Annotated[None, Depends(require_api_key)]
+
+
+def valid_query(body: QueryRequest, settings: SettingsDep) -> QueryRequest:
+    """The request body, also checked against the limits in settings."""
+    check_limits(settings, body.question, body.max_new_tokens)
+    return body
+
+
+ValidQuery = Annotated[QueryRequest, Depends(valid_query)]
+
+
+def valid_chat(body: ChatCompletionRequest, settings: SettingsDep) -> ChatCompletionRequest:
+    """The request body, also checked against the limits in settings."""
+    tokens_field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    check_limits(settings, body.question, body.max_new_tokens, ("body", "messages"), ("body", tokens_field))
+    return body
+
+
+ValidChat = Annotated[ChatCompletionRequest, Depends(valid_chat)]

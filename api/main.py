@@ -1,0 +1,63 @@
+"""rag-serve: answer questions about an index over HTTP (JSON, server-sent events, OpenAI-compatible)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+EPILOG = """\
+examples:
+  rag-serve                                   serve ./rag-index on 127.0.0.1:8000
+  rag-serve --index /data/reports --port 9000
+  RAG_API__API_KEY=secret rag-serve --host 0.0.0.0   other machines need 'Authorization: Bearer secret'
+
+  curl -s localhost:8000/v1/query -H 'content-type: application/json' -d '{"question": "Who founded Normandy?"}'
+  curl -N localhost:8000/v1/query -H 'content-type: application/json' -d '{"question": "...", "stream": true}'
+  OpenAI clients: base_url="http://localhost:8000/v1", any model name.
+
+Settings come from RAG_* environment variables (see README); the options here override them.
+A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rag-serve", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--host", help="address to bind (default: settings api.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default: settings api.port, 8000)")
+    parser.add_argument("--index", type=Path, help="index folder (default: settings index.path, ./rag-index)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from rag.settings import Settings
+
+    overrides: dict = {}
+    api = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if api:
+        overrides["api"] = api
+    if args.index is not None:
+        overrides["index"] = {"path": args.index}
+    try:
+        settings = Settings(**overrides)  # merged with RAG_* variables, and validated (insecure binds refused)
+    except ValidationError as exc:
+        print(f"rag-serve: error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

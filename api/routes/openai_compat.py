@@ -1,0 +1,75 @@
+"""POST /v1/chat/completions: the query endpoint in OpenAI's format, so the official clients work unchanged.
+
+The last user message is the question. The answer is ``choices[0].message.content``; the citations and the
+abstention verdict ride in extra top-level fields ``citations`` and ``rag`` (in the last chunk when streaming).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.sse import EventSourceResponse, format_sse_event
+
+from api.deps import AnswersDep, ValidChat
+from api.routes.query import SSE_HEADERS, Events, error_detail, open_stream
+from api.schemas import (
+    AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChunkChoice, ChunkDelta,
+    Usage, citation_out, rag_info,
+)
+from rag.types import Answer
+
+router = APIRouter(tags=["openai"])
+
+
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletionResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def chat_completions(body: ValidChat, answers: AnswersDep):
+    """OpenAI-compatible chat completion over the indexed documents (``stream`` supported)."""
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if not body.stream:
+        answer = await answers.answer(body.question, body.top_k, body.max_new_tokens)
+        return ChatCompletionResponse(
+            id=completion_id, created=created, model=body.model,
+            choices=[ChatChoice(message=AssistantMessage(content=answer.text))],
+            usage=Usage(), citations=[citation_out(c) for c in answer.citations], rag=rag_info(answer),
+        )
+    events = await open_stream(answers, body.question, body.top_k, body.max_new_tokens)
+    chunk = _ChunkMaker(completion_id, created, body.model)
+    return EventSourceResponse(_chunks(events, chunk), headers=SSE_HEADERS)
+
+
+class _ChunkMaker:
+    def __init__(self, completion_id: str, created: int, model: str):
+        self.fields = {"id": completion_id, "created": created, "model": model}
+
+    def __call__(self, delta: ChunkDelta, finish: str | None = None, **extra) -> bytes:
+        chunk = ChatCompletionChunk(**self.fields, choices=[ChunkChoice(delta=delta, finish_reason=finish)], **extra)
+        return format_sse_event(data_str=chunk.model_dump_json(exclude_none=True))
+
+
+async def _chunks(events: Events, chunk: _ChunkMaker) -> AsyncIterator[bytes]:
+    yield chunk(ChunkDelta(role="assistant", content=""))
+    streamed = False
+    try:
+        async for item in events:
+            if isinstance(item, Answer):
+                if not streamed:  # abstained before generating: the abstention is the content
+                    yield chunk(ChunkDelta(content=item.text))
+                yield chunk(
+                    ChunkDelta(), "stop", usage=Usage(), citations=[citation_out(c) for c in item.citations],
+                    rag=rag_info(item),
+                )
+            elif item:
+                streamed = True
+                yield chunk(ChunkDelta(content=item))
+    except Exception as exc:  # noqa: BLE001 - mid-stream failure, in the shape OpenAI clients raise on
+        error = {"error": {"message": error_detail(exc), "type": "server_error"}}
+        yield format_sse_event(data_str=json.dumps(error))
+        return
+    yield format_sse_event(data_str="[DONE]")

@@ -1,0 +1,305 @@
+"""The API's own request and response types, and the one conversion from ``rag.types.Answer``.
+
+Static limits are pydantic ``Field`` constraints; the limits that come from settings (question length,
+``max_new_tokens`` ceiling) are checked by ``check_limits`` and reported in the same 422 format.
+Integer and boolean fields are strict, so ``"5"`` is not silently read as ``5``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from rag.settings import Settings
+from rag.store import DocumentRecord
+from rag.types import Answer, Citation
+
+TopK = Annotated[StrictInt, Field(ge=1, le=50, description="Passages handed to the generator (default: settings).")]
+MaxNewTokens = Annotated[
+    StrictInt, Field(ge=1, description="Cap on generated tokens, at most generation.max_new_tokens_limit.")
+]
+
+
+# --------------------------------------------------------------------------------------------- /v1/query
+
+
+class QueryRequest(BaseModel):
+    """POST /v1/query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: StrictStr = Field(
+        min_length=1, description="The question, at most api.max_question_chars characters, not blank."
+    )
+    top_k: TopK | None = None
+    stream: StrictBool = Field(False, description="Answer as server-sent events (token, final, done).")
+    max_new_tokens: MaxNewTokens | None = None
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("question must not be blank")
+        return value
+
+
+class CitationOut(BaseModel):
+    """A passage the answer rests on."""
+
+    document: str = Field(description="Stored document name, e.g. 'Normans.pdf' or 'uploads/x.pdf'.")
+    pages: tuple[int, int] = Field(description="First and last 1-based page of the passage.")
+    snippet: str
+    score: float = Field(description="Cosine similarity of the passage to the question.")
+    chunk_id: int
+
+
+class QueryResponse(BaseModel):
+    """An answer with citations, or an abstention with the reason."""
+
+    answer: str
+    abstained: bool
+    reason: str | None = Field(None, description="Why the service abstained, when it did.")
+    citations: list[CitationOut]
+    support: float | None = Field(None, description="Verification score of the answer against its citations.")
+    relevance: float | None = Field(None, description="Best cosine similarity of a retrieved passage.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
+
+    @classmethod
+    def from_answer(cls, answer: Answer) -> "QueryResponse":
+        """The API view of a ``rag`` Answer (the only place the two meet)."""
+        return cls(
+            answer=answer.text, abstained=answer.abstained, reason=answer.reason,
+            citations=[citation_out(c) for c in answer.citations], support=answer.support,
+            relevance=answer.relevance, timings=dict(answer.timings),
+        )
+
+
+def citation_out(citation: Citation) -> CitationOut:
+    return CitationOut(
+        document=citation.document, pages=(citation.page_start, citation.page_end), snippet=citation.snippet,
+        score=citation.score, chunk_id=citation.chunk_id,
+    )
+
+
+class TokenEvent(BaseModel):
+    """Data of an ``event: token`` in the /v1/query stream."""
+
+    text: str
+
+
+class ErrorOut(BaseModel):
+    """Body of every error response, and data of an ``event: error``."""
+
+    detail: Any
+
+
+# ----------------------------------------------------------------------------- /v1/chat/completions
+
+
+class ContentPart(BaseModel):
+    """One part of a multi-part message; only text parts carry a question."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(part.text for part in self.content if part.type == "text" and part.text)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request. The LAST user message is the question; the rest of the conversation
+    and sampling options (temperature, top_p, ...) are accepted and ignored: answers come from the documents."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field("rag", description="Echoed back; there is one model behind the service.")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool = False
+    max_tokens: MaxNewTokens | None = None
+    max_completion_tokens: MaxNewTokens | None = None
+    stream_options: StreamOptions | None = None
+    top_k: TopK | None = None  # extension: passages handed to the generator
+
+    @field_validator("messages")
+    @classmethod
+    def _has_question(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        users = [m for m in messages if m.role == "user"]
+        if not users:
+            raise ValueError("messages must contain a user message (its text is the question)")
+        if not users[-1].text().strip():
+            raise ValueError("the last user message must have non-blank text content")
+        return messages
+
+    @property
+    def question(self) -> str:
+        """Text of the last user message."""
+        return next(m for m in reversed(self.messages) if m.role == "user").text()
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class RagInfo(BaseModel):
+    """What the OpenAI format has no place for: whether the service abstained, why, and the scores.
+    ``answer`` is authoritative; when streaming, verification may turn a streamed draft into an abstention."""
+
+    answer: str
+    abstained: bool
+    reason: str | None = None
+    support: float | None = None
+    relevance: float | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+class ChatCompletionResponse(BaseModel):
+    """OpenAI's chat completion, plus top-level ``citations`` and ``rag``."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage = Field(default_factory=Usage)
+    citations: list[CitationOut]
+    rag: RagInfo
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed chunk; the last one carries ``finish_reason``, ``citations``, ``rag`` and ``usage``."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    citations: list[CitationOut] | None = None
+    rag: RagInfo | None = None
+
+
+def rag_info(answer: Answer) -> RagInfo:
+    return RagInfo(
+        answer=answer.text, abstained=answer.abstained, reason=answer.reason, support=answer.support,
+        relevance=answer.relevance, timings=dict(answer.timings),
+    )
+
+
+# ----------------------------------------------------------------------------------------- /v1/documents
+
+
+class DocumentOut(BaseModel):
+    """A stored document."""
+
+    document: str
+    collection: str = Field(description="'folder' (rag-ingest) or 'upload' (POST /v1/documents).")
+    pages: int
+    chunks: int
+    size_bytes: int
+    ingested_at: datetime
+    content_hash: str = Field(description="sha256 of the file bytes.")
+
+    @classmethod
+    def from_record(cls, record: DocumentRecord) -> "DocumentOut":
+        return cls(
+            document=record.path, collection=record.collection, pages=record.pages, chunks=record.chunks,
+            size_bytes=record.size_bytes, ingested_at=datetime.fromtimestamp(record.ingested_at, tz=timezone.utc),
+            content_hash=record.content_hash,
+        )
+
+
+class UploadOut(BaseModel):
+    """An ingested upload."""
+
+    document: str = Field(description="Stored name, 'uploads/<file name>'.")
+    pages: int
+    chunks: int
+    status: Literal["new", "changed", "unchanged"]
+
+
+# ------------------------------------------------------------------------------------------------ health
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    documents: int
+    chunks: int
+
+
+# -------------------------------------------------------------------------------------- settings limits
+
+
+def check_limits(
+    settings: Settings, question: str, max_new_tokens: int | None,
+    question_loc: tuple[str, ...] = ("body", "question"), tokens_loc: tuple[str, ...] = ("body", "max_new_tokens"),
+) -> None:
+    """422 (FastAPI's validation format) for the limits that come from settings rather than the schema."""
+    errors: list[dict[str, Any]] = []
+    limit = settings.api.max_question_chars
+    if len(question) > limit:
+        errors.append({
+            "type": "string_too_long", "loc": question_loc,
+            "msg": f"String should have at most {limit} characters (api.max_question_chars), got {len(question)}",
+            "ctx": {"max_length": limit},
+        })
+    ceiling = settings.generation.max_new_tokens_limit
+    if max_new_tokens is not None and max_new_tokens > ceiling:
+        errors.append({
+            "type": "less_than_equal", "loc": tokens_loc,
+            "msg": f"Input should be less than or equal to {ceiling} (generation.max_new_tokens_limit)",
+            "input": max_new_tokens, "ctx": {"le": ceiling},
+        })
+    if errors:
+        raise RequestValidationError(errors)

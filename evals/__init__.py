@@ -1,0 +1,1 @@
+"""rag-eval: the evaluation front end over ``rag.evaluation`` (see ``evals.cli``)."""

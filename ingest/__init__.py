@@ -1,0 +1,1 @@
+"""The rag-ingest command."""

@@ -1,0 +1,1 @@
+"""Evaluation: load question sets (``dataset``) and score predictions against them (``metrics``)."""

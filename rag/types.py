@@ -1,0 +1,112 @@
+"""Our own types at the boundaries between stages, the API and the evals.
+
+LangChain, FAISS and transformers objects stay inside their adapters; everything that crosses a module
+boundary is one of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Page:
+    """Text extracted from one page; ``number`` is 1-based."""
+
+    number: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    """A PDF read page by page."""
+
+    path: Path
+    content_hash: str  # sha256 of the file bytes
+    pages: tuple[Page, ...]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A passage of one document, with where it came from.
+
+    ``char_start``/``char_end`` are offsets into the document's text as the pages joined by "\\n\\n".
+    ``id`` is None until the store assigns one; the same id is the FAISS id.
+    """
+
+    document: str  # path relative to the ingested folder, POSIX separators
+    content_hash: str
+    page_start: int
+    page_end: int
+    char_start: int
+    char_end: int
+    text: str
+    position: int  # 0-based order of the chunk within its document
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk with its scores for one question."""
+
+    chunk: Chunk
+    score: float  # fused score used for ranking
+    dense_score: float | None = None  # cosine similarity to the question, when the dense retriever saw it
+    bm25_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage an answer used."""
+
+    document: str
+    page_start: int
+    page_end: int
+    snippet: str
+    score: float
+    chunk_id: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome of one question: an answer with citations, or an abstention."""
+
+    text: str
+    abstained: bool
+    citations: tuple[Citation, ...]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    reason: str | None = None  # why it abstained, when it did
+    support: float | None = None  # verification score of the answer against its cited passages
+    relevance: float | None = None  # best cosine similarity of a retrieved passage to the question
+    draft: str | None = None  # what the generator said, when verification turned it into an abstention
+    usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens when generated
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    """A file the ingest skipped, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did."""
+
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[FileFailure] = field(default_factory=list)
+    pages: int = 0
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages / self.seconds if self.seconds > 0 else 0.0

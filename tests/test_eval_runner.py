@@ -1,0 +1,454 @@
+"""The evaluation runner, the offline threshold sweep, the report writer, the baseline and the rag-eval CLI.
+
+Fast tests use hand-built records and fake pipelines; the baseline's page mapping reads a real PDF; the e2e
+test runs ``rag-eval`` in process, with real models, on a 4-question set built from squad2-dev.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rag.evaluation.dataset import EvalSet, QAItem, load_set, sample
+from rag.evaluation.metrics import PRIMARY_METRIC, Prediction, aggregate, score_question
+from rag.evaluation.runner import (
+    Evaluator, QuestionRecord, answer_from_json, apply_thresholds, best_point, default_grid, make_record,
+    sweep_thresholds,
+)
+from rag.types import Answer, Citation
+from tests.conftest import eval_set
+
+METRIC_KEYS = set(aggregate([QAItem("q", "q?", False, (), "A.pdf", (), None, "short", "t")],
+                            [Prediction("q", None, (), 0.0)]))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _item(qid: str, answers: tuple[str, ...] = (), doc: str = "A.pdf", pages: tuple[int, ...] = (4,)) -> QAItem:
+    return QAItem(
+        id=qid, question=f"question {qid}?", answerable=bool(answers), answers=answers, doc=doc, pages=pages,
+        evidence=None, answer_style="short", source="test",
+    )
+
+
+def _answer(text: str, *, support: float | None, relevance: float | None, page: int = 4) -> Answer:
+    cite = Citation(document="A.pdf", page_start=page, page_end=page, snippet="...", score=0.5, chunk_id=1)
+    return Answer(text=text, abstained=False, citations=(cite,), support=support, relevance=relevance)
+
+
+def _abstention() -> Answer:
+    return Answer(text="The documents do not contain the answer.", abstained=True, citations=(), reason="gate")
+
+
+def _record(item: QAItem, answer: Answer | None, error: str | None = None) -> QuestionRecord:
+    pred = Prediction(id=item.id, answer=answer, retrieved=(("A.pdf", 4, 4),), latency_s=1.0)
+    return make_record(item, pred, score_question(item, pred), error)
+
+
+def _eval_set(items: list[QAItem]) -> EvalSet:
+    return EvalSet(name="handmade", root=Path("handmade"), docs_dir=Path("handmade/docs"), items=tuple(items))
+
+
+# A grounded answer with weak support, a hallucinated answer to an unanswerable question with a weakly
+# relevant best passage, an abstention and a failure.
+ITEMS = [_item("good", ("Paris",)), _item("trap"), _item("skip"), _item("broken", ("Rome",))]
+RECORDS = [
+    _record(ITEMS[0], _answer("Paris", support=0.3, relevance=0.6)),
+    _record(ITEMS[1], _answer("Lyon", support=0.8, relevance=0.2)),
+    _record(ITEMS[2], _abstention()),
+    _record(ITEMS[3], None, error="RuntimeError: boom"),
+]
+
+
+# ----------------------------------------------------------------------------------------- offline sweep
+
+
+def test_low_support_answer_becomes_abstention_at_higher_threshold():
+    record = RECORDS[0]
+    kept = apply_thresholds(record, min_relevance=0.0, min_support=0.2)
+    assert kept.answer is not None and not kept.answer.abstained and kept.answer.text == "Paris"
+    gated = apply_thresholds(record, min_relevance=0.0, min_support=0.5)
+    assert gated.answer is not None and gated.answer.abstained
+    assert gated.answer.draft == "Paris" and "support" in gated.answer.reason
+    assert gated.retrieved == record.retrieved  # retrieval metrics do not depend on the thresholds
+
+
+def test_low_relevance_answer_becomes_abstention_and_others_stay():
+    gated = apply_thresholds(RECORDS[1], min_relevance=0.3, min_support=0.0)
+    assert gated.answer is not None and gated.answer.abstained and "relevance" in gated.answer.reason
+    assert apply_thresholds(RECORDS[2], 0.9, 0.9).answer.abstained  # an abstention stays one
+    assert apply_thresholds(RECORDS[3], 0.9, 0.9).answer is None  # a failure stays a failure
+    unknown = _record(_item("x", ("y",)), _answer("y", support=None, relevance=None))
+    assert not apply_thresholds(unknown, 0.9, 0.9).answer.abstained  # unreported scores do not gate
+
+
+def test_sweep_recomputes_metrics_over_the_grid():
+    points = sweep_thresholds(ITEMS, RECORDS, [0.0, 0.3], [0.0, 0.5])
+    by = {(p.min_relevance, p.min_support): p.metrics for p in points}
+    assert len(points) == 4 and set(by[(0.0, 0.0)]) == METRIC_KEYS
+    # open gates: "good" (grounded) and "skip" (abstained, unanswerable) are right; "trap" is a hallucination
+    assert by[(0.0, 0.0)][PRIMARY_METRIC] == pytest.approx(2 / 4)
+    assert by[(0.0, 0.0)]["hallucination_rate"] == pytest.approx(1 / 2)
+    # relevance gate 0.3 turns "trap" into a right abstention and keeps "good"
+    assert by[(0.3, 0.0)][PRIMARY_METRIC] == pytest.approx(3 / 4)
+    assert by[(0.3, 0.0)]["hallucination_rate"] == 0.0 and by[(0.3, 0.0)]["answered"] == 1
+    # support 0.5 also drops "good" (support 0.3): grounded accuracy falls back
+    assert by[(0.3, 0.5)][PRIMARY_METRIC] == pytest.approx(2 / 4) and by[(0.3, 0.5)]["answered"] == 0
+    assert all(m["failed"] == 1 for m in by.values())
+    best = best_point(points)
+    assert (best.min_relevance, best.min_support) == (0.3, 0.0)
+
+
+def test_sweep_needs_a_record_per_question():
+    with pytest.raises(ValueError, match="no record"):
+        sweep_thresholds(ITEMS, RECORDS[:2], [0.0], [0.0])
+
+
+def test_default_grid_holds_the_configured_value():
+    grid = default_grid(0.33, 0.0, 0.2, 0.1)
+    assert grid == [0.0, 0.1, 0.2, 0.33]
+
+
+def test_record_round_trips_through_json():
+    for record in RECORDS:
+        again = QuestionRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+        assert again == record
+        assert score_question(ITEMS[RECORDS.index(record)], again.to_prediction()) == score_question(
+            ITEMS[RECORDS.index(record)], record.to_prediction()
+        )
+
+
+# --------------------------------------------------------------------------------------------- evaluator
+
+
+class FlakyPipeline:
+    """Answers "Paris" with a citation on page 4; raises on "broken", hangs on "slow"."""
+
+    name = "flaky"
+
+    async def ask(self, question: str):
+        if "broken" in question:
+            raise RuntimeError("boom")
+        if "slow" in question:
+            await asyncio.sleep(10)
+        return _answer("Paris", support=0.9, relevance=0.9), [("A.pdf", 1, 1), ("A.pdf", 4, 4)]
+
+
+def test_failing_questions_are_recorded_and_the_run_continues():
+    items = [_item("first", ("Paris",)), _item("broken", ("Paris",)), _item("slow", ("Paris",)), _item("last")]
+    seen = []
+    evaluator = Evaluator(_eval_set(items), concurrency=2, timeout_s=0.5, on_record=seen.append)
+    result = evaluator(FlakyPipeline())
+    assert [r.id for r in result.records] == ["first", "broken", "slow", "last"]  # set order, not completion
+    assert len(seen) == 4
+    first, broken, slow, last = result.records
+    assert broken.failed and broken.error == "RuntimeError: boom" and broken.score["failed"]
+    assert slow.failed and "timed out" in slow.error
+    assert first.score["grounded"] and first.error is None and first.retrieved[1] == ("A.pdf", 4, 4)
+    assert not last.abstained and not last.score["right"]  # answered an unanswerable question
+    m = result.metrics
+    assert m["failed"] == 2 and m["n"] == 4 and m[PRIMARY_METRIC] == pytest.approx(1 / 4)
+    assert m["recall@1"] == 0.0 and m["mrr"] == pytest.approx(0.5 / 3)  # only "first" retrieved; rank 2
+    assert result.pipeline == "flaky" and result.primary == m[PRIMARY_METRIC]
+
+
+def test_answer_from_query_response():
+    body = {
+        "answer": "Africa", "abstained": False, "reason": None, "support": 0.8, "relevance": 0.6,
+        "citations": [{"document": "Normans.pdf", "pages": [6, 7], "snippet": "s", "score": 0.6, "chunk_id": 3}],
+        "timings": {"total_s": 1.0},
+    }
+    answer = answer_from_json(body)
+    assert answer.text == "Africa" and answer.citations[0].page_start == 6 and answer.citations[0].page_end == 7
+    assert answer.support == 0.8 and answer.timings == {"total_s": 1.0}
+
+
+def test_http_pipeline_posts_the_question_and_reads_citations():
+    import httpx
+
+    from rag.evaluation.runner import HttpPipeline
+
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["auth"] = request.headers.get("authorization")
+        seen["body"] = json.loads(request.content)
+        if seen["body"]["question"] == "fail?":
+            return httpx.Response(503, json={"detail": "overloaded"})
+        return httpx.Response(200, json={
+            "answer": "Africa", "abstained": False, "reason": None, "support": 0.8, "relevance": 0.6, "timings": {},
+            "citations": [{"document": "Normans.pdf", "pages": [6, 6], "snippet": "s", "score": 0.6, "chunk_id": 3}],
+        })
+
+    async def run():
+        pipeline = HttpPipeline("http://rag.test/", "k3y", max_new_tokens=16, transport=httpx.MockTransport(handler))
+        try:
+            answer, retrieved = await pipeline.ask("What continent?")
+            with pytest.raises(RuntimeError, match="HTTP 503"):
+                await pipeline.ask("fail?")
+        finally:
+            await pipeline.aclose()
+        return answer, retrieved
+
+    answer, retrieved = asyncio.run(run())
+    assert answer.text == "Africa" and retrieved == [("Normans.pdf", 6, 6)]
+    assert seen["auth"] == "Bearer k3y" and seen["body"]["max_new_tokens"] == 16
+
+
+# ------------------------------------------------------------------------------------------ report writer
+
+
+def _hand_report() -> dict:
+    from rag.settings import Settings
+
+    result = Evaluator(_eval_set(ITEMS)).result("ours", RECORDS, wall_s=3.0)
+    baseline = Evaluator(_eval_set(ITEMS)).result("baseline", RECORDS[:2] + RECORDS[2:], wall_s=2.0)
+    points = sweep_thresholds(ITEMS, RECORDS, [0.0, 0.3], [0.0, 0.5])
+    from dataclasses import asdict
+
+    def as_dict(r):
+        return {"n": r.metrics["n"], "metrics": r.metrics, "wall_s": r.wall_s, "records": [x.to_dict() for x in r.records]}
+
+    return {
+        "primary_metric": PRIMARY_METRIC, "date": "2026-01-01T00:00:00+00:00", "command": "rag-eval --set x",
+        "machine": {"platform": "Linux", "cpu_count": 2, "torch": "2", "device": "cpu", "gpu": None},
+        "settings": Settings().model_dump(mode="json"),
+        "run": {"pipelines": ["ours", "baseline"], "limit": None, "seed": 0, "concurrency": 4, "timeout_s": 300},
+        "sets": [{
+            "name": "handmade", "questions_in_set": 4,
+            "sample": {"n": 4, "answerable": 2, "unanswerable": 2},
+            "results": {"ours": as_dict(result), "baseline": as_dict(baseline)},
+            "sweep": {
+                "configured": {"min_relevance": 0.3, "min_support": 0.5},
+                "grid": {"min_relevance": [0.0, 0.3], "min_support": [0.0, 0.5]},
+                "points": [asdict(p) for p in points], "best": asdict(best_point(points)), "best_ties": 1,
+                "at_configured": points[-1].metrics, "open_run": as_dict(result),
+            },
+        }],
+    }
+
+
+def test_report_writer_writes_json_markdown_and_plots(tmp_path):
+    from evals.report import write_report
+
+    paths = write_report(tmp_path / "out", _hand_report())
+    names = {p.name for p in paths}
+    assert {"report.json", "report.md", "metrics-handmade.png", "sweep-handmade.png", "sweep-handmade.json"} <= names
+    for path in paths:
+        assert path.stat().st_size > 0
+    assert (tmp_path / "out" / "metrics-handmade.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["sets"][0]["results"]["ours"]["metrics"][PRIMARY_METRIC] == pytest.approx(0.5)
+    assert len(data["sets"][0]["results"]["ours"]["records"]) == 4
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| metric | ours | baseline |" in md
+    assert f"| **{PRIMARY_METRIC}** | 0.500 | 0.500 |" in md
+    for key in METRIC_KEYS:
+        assert f"| {key} |" in md or f"| **{key}** |" in md
+    assert "Abstention trade-off" in md and "| best | 0.30 | 0.00 |" in md
+    sweep = json.loads((tmp_path / "out" / "sweep-handmade.json").read_text())
+    assert len(sweep["points"]) == 4 and "records" not in sweep["open_run"]
+
+
+# --------------------------------------------------------------------------------------------- baseline
+
+
+def test_baseline_maps_pypdf_pages_to_one_based_pages():
+    from rag.evaluation.baseline import document_name, load_pages, page_number, split_pages, to_citation
+
+    docs = eval_set("squad2-dev") / "docs"
+    pages = load_pages_of(docs, "Normans.pdf", load_pages)
+    assert [p.metadata["page"] for p in pages] == list(range(len(pages)))  # PyPDFLoader: 0-based
+    assert page_number(pages[0]) == 1 and document_name(pages[0]) == "Normans.pdf"
+    chunks = split_pages(pages)
+    assert all(len(c.page_content) <= 1000 for c in chunks)
+    # The evidence of "What continent are the Canarian Islands off the coast of?" is on (1-based) page 6.
+    canary = [c for c in chunks if "Bethencourt" in c.page_content]
+    assert canary and {page_number(c) for c in canary} == {6}
+    citation = to_citation(canary[0], 0.5)
+    assert (citation.document, citation.page_start, citation.page_end) == ("Normans.pdf", 6, 6)
+    assert len({c.metadata["chunk_id"] for c in chunks}) == len(chunks)
+
+
+def load_pages_of(docs: Path, name: str, load_pages):
+    """load_pages on a folder holding only ``name`` (a temporary copy)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(docs / name, Path(folder) / name)
+        return load_pages(Path(folder))
+
+
+def test_runtime_for_index_shares_the_models_of_the_first_set(small_index, tmp_path):
+    """A second set's runtime reuses the loaded models, has its own index, and closing it spares the base."""
+    from rag.evaluation.runner import close_shared, runtime_for_index
+    from rag.factory import Runtime
+    from tests.conftest import make_settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(eval_set("squad2-dev") / "docs" / "Normans.pdf", docs / "Normans.pdf")
+    base = Runtime(small_index).start(with_generator=False)
+    try:
+        runtime = runtime_for_index(base, make_settings(tmp_path / "other-index"))
+        try:
+            assert runtime.embedder is base.embedder and runtime.index is not base.index and runtime.answers is None
+            with runtime.index.writing():
+                assert runtime.ingestor.sync_folder(runtime.index, docs).new == 1
+            passages = runtime.retriever.retrieve("What continent are the Canarian Islands off the coast of?", 10)
+            assert passages and {p.chunk.document for p in passages} == {"Normans.pdf"}
+        finally:
+            close_shared(runtime)
+        assert "Steam_engine.pdf" in {p.chunk.document for p in base.retriever.retrieve("steam engine boiler", 5)}
+    finally:
+        base.close()
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_reports_a_malformed_line_with_its_number(tmp_path, capsys):
+    from evals.cli import EXIT_USAGE, main
+
+    root = tmp_path / "broken-set"
+    (root / "docs").mkdir(parents=True)
+    shutil.copy(eval_set("squad2-dev") / "docs" / "Normans.pdf", root / "docs" / "Normans.pdf")
+    good = json.dumps({
+        "id": "q1", "question": "Who?", "answerable": False, "answers": [], "doc": "Normans.pdf", "pages": [],
+        "answer_style": "short", "source": "test",
+    })
+    (root / "qa.jsonl").write_text(good + "\n" + '{"id": "q2", "question": \n')
+    code = main(["--set", str(root), "--index-root", str(tmp_path / "idx"), "--out", str(tmp_path / "out")])
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "line 2" in err and "qa.jsonl" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "idx").exists()  # failed before any work
+
+
+def test_cli_refuses_bad_arguments(tmp_path, capsys):
+    from evals.cli import EXIT_USAGE, main
+
+    root = str(eval_set("squad2-dev"))
+    assert main(["--set", root, "--limit", "0"]) == EXIT_USAGE
+    assert main(["--set", root, "--sweep", "--url", "http://127.0.0.1:1"]) == EXIT_USAGE
+    assert main(["--set", root, "--pipeline", "baseline", "--min-grounded-accuracy", "0.5"]) == EXIT_USAGE
+    assert "--min-grounded-accuracy checks ours" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's own usage errors exit 2 too
+        main(["--pipeline", "ours"])
+    assert exc.value.code == EXIT_USAGE
+
+
+def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatch, capsys):
+    """The CLI's sweep step on a fake open-gates pipeline: the records of RECORDS, re-scored over the grid."""
+    import argparse
+    from types import SimpleNamespace
+
+    from evals import cli
+    from rag.settings import Settings
+
+    answers = {item.question: record.to_prediction() for item, record in zip(ITEMS, RECORDS)}
+
+    class OpenGates:
+        def __init__(self, runtime, answers_service, name):
+            assert answers_service == "open" and "gates open" in name
+            self.name = name
+
+        async def ask(self, question):
+            pred = answers[question]
+            if pred.answer is None:
+                raise RuntimeError("boom")
+            return pred.answer, list(pred.retrieved)
+
+    monkeypatch.setattr(cli, "open_gates", lambda runtime: "open")
+    monkeypatch.setattr(cli, "OursPipeline", OpenGates)
+    runtime = SimpleNamespace(settings=Settings())
+    args = argparse.Namespace(concurrency=2, timeout=5.0, quiet=True)
+    sweep = asyncio.run(cli._sweep(_eval_set(ITEMS), ITEMS, runtime, args))
+    assert sweep["configured"] == {"min_relevance": 0.3, "min_support": 0.5}
+    assert 0.3 in sweep["grid"]["min_relevance"] and 0.5 in sweep["grid"]["min_support"]
+    assert len(sweep["points"]) == len(sweep["grid"]["min_relevance"]) * len(sweep["grid"]["min_support"])
+    # "trap" (relevance 0.2) is gated from 0.25 up, "good" (support 0.3, relevance 0.6) kept below 0.35 / 0.65
+    assert sweep["best"]["metrics"][PRIMARY_METRIC] == pytest.approx(3 / 4)
+    assert (sweep["best"]["min_relevance"], sweep["best"]["min_support"]) == (0.25, 0.0)
+    assert sweep["at_configured"][PRIMARY_METRIC] == pytest.approx(2 / 4)  # support 0.5 drops "good"
+    assert sweep["open_run"]["n"] == 4 and sweep["open_run"]["metrics"]["failed"] == 1
+    assert "min_relevance 0.25 and min_support 0.00" in capsys.readouterr().err
+
+
+def test_floor_check_exits_1_below_the_floor(capsys):
+    from evals.cli import EXIT_BELOW_FLOOR, EXIT_OK, _floor_check
+
+    report = _hand_report()  # ours scores 0.5 on "handmade"
+    assert _floor_check(report, None) == EXIT_OK
+    assert _floor_check(report, 0.5) == EXIT_OK
+    assert _floor_check(report, 0.6) == EXIT_BELOW_FLOOR
+    assert "handmade: ours' grounded accuracy 0.500 is below the floor 0.600" in capsys.readouterr().err
+
+
+def test_ci_sample_is_balanced_and_fixed():
+    from evals.ci_sample import CI_LIMIT, CI_SEED, ci_argv
+
+    items = sample(load_set(eval_set("squad2-dev")).items, CI_LIMIT, CI_SEED)
+    assert len(items) == 40 and sum(i.answerable for i in items) == 20
+    assert [i.id for i in items] == [i.id for i in sample(load_set(eval_set("squad2-dev")).items, 40, 0)]
+    argv = ci_argv(Path("x"))
+    assert argv[argv.index("--limit") + 1] == "40" and "--min-grounded-accuracy" in argv
+
+
+# ------------------------------------------------------------------------------------------------- e2e
+
+
+def _tiny_set(root: Path) -> Path:
+    """docs/Normans.pdf and 4 squad2-dev questions on it: the first 2 answerable and the first 2 not."""
+    squad = eval_set("squad2-dev")
+    (root / "docs").mkdir(parents=True)
+    shutil.copy(squad / "docs" / "Normans.pdf", root / "docs" / "Normans.pdf")
+    lines = [json.loads(line) for line in (squad / "qa.jsonl").read_text().splitlines() if line.strip()]
+    normans = [d for d in lines if d["doc"] == "Normans.pdf"]
+    chosen = [d for d in normans if d["answerable"]][:2] + [d for d in normans if not d["answerable"]][:2]
+    (root / "qa.jsonl").write_text("".join(json.dumps(d) + "\n" for d in chosen))
+    return root
+
+
+@pytest.mark.e2e
+def test_rag_eval_end_to_end_on_a_tiny_set(tmp_path, capsys):
+    from evals.cli import EXIT_OK, main
+
+    root = _tiny_set(tmp_path / "tiny")
+    out = tmp_path / "report"
+    argv = [
+        "--set", str(root), "--pipeline", "both", "--index-root", str(tmp_path / "idx"),
+        "--out", str(out), "--max-new-tokens", "32", "--min-grounded-accuracy", "0", "-q",
+    ]
+    assert main(argv) == EXIT_OK
+    captured = capsys.readouterr()
+    assert "grounded_accuracy" in captured.out
+
+    for name in ("report.json", "report.md", "metrics-tiny.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert report["machine"]["cpu_count"] and report["settings"]["generation"]["max_new_tokens"] == 32
+    assert report["command"].startswith("rag-eval --set")
+    entry = report["sets"][0]
+    assert entry["name"] == "tiny" and entry["sample"] == {
+        "n": 4, "answerable": 2, "unanswerable": 2, "limit": None, "seed": 0
+    }
+    assert entry["ingest"]["new"] == 1
+    for pipeline in ("ours", "baseline"):
+        result = entry["results"][pipeline]
+        assert set(result["metrics"]) == METRIC_KEYS and result["n"] == 4 and result["metrics"]["n"] == 4
+        assert len(result["records"]) == 4
+        assert all(r["error"] is None for r in result["records"]), result["records"]
+        assert all(r["retrieved"] for r in result["records"])
+        assert result["metrics"]["recall@10"] > 0  # the gold page of an answerable question was retrieved
+    baseline_records = entry["results"]["baseline"]["records"]
+    assert all(c["document"] == "Normans.pdf" for r in baseline_records for c in r["citations"])
+    assert all(len(r["citations"]) == 4 for r in baseline_records)
+    assert entry["sweep"] is None  # the sweep step is covered on fakes above: it would cost a third run here
+    assert (tmp_path / "idx" / "tiny" / "index").is_dir() and (tmp_path / "idx" / "tiny" / "baseline-faiss").is_dir()
+    assert "| metric | ours | baseline |" in (out / "report.md").read_text()
