@@ -66,6 +66,9 @@ class QueryResponse(BaseModel):
     support: float | None = Field(None, description="Verification score of the answer against its citations.")
     relevance: float | None = Field(None, description="Best cosine similarity of a retrieved passage.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
+    usage: dict[str, int] = Field(
+        default_factory=dict, description="prompt_tokens and completion_tokens, when the generator ran."
+    )
 
     @classmethod
     def from_answer(cls, answer: Answer) -> "QueryResponse":
@@ -73,7 +76,7 @@ class QueryResponse(BaseModel):
         return cls(
             answer=answer.text, abstained=answer.abstained, reason=answer.reason,
             citations=[citation_out(c) for c in answer.citations], support=answer.support,
-            relevance=answer.relevance, timings=dict(answer.timings),
+            relevance=answer.relevance, timings=dict(answer.timings), usage=dict(answer.usage),
         )
 
 
@@ -164,6 +167,12 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+
+    @classmethod
+    def from_answer(cls, answer: Answer) -> "Usage":
+        """Token counts of the generation behind ``answer`` (zeros when it abstained before generating)."""
+        prompt, completion = answer.usage.get("prompt_tokens", 0), answer.usage.get("completion_tokens", 0)
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 class RagInfo(BaseModel):

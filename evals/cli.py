@@ -12,10 +12,12 @@ import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from evals.report import write_report
 from rag.errors import ModelUnavailable, RagError, UsageError
 from rag.evaluation.dataset import DatasetError, EvalSet, QAItem, load_set, sample
 from rag.evaluation.metrics import PRIMARY_METRIC
@@ -89,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-        help=f"seconds per question before it is recorded as failed (default: {DEFAULT_TIMEOUT_S:g})",
+        help="seconds per question before it is recorded as failed; raises generation.request_timeout_s to "
+        f"match for this run (default: {DEFAULT_TIMEOUT_S:g})",
     )
     parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: settings)")
     parser.add_argument(
@@ -110,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
         _check_args(args, settings)
         sets = _load_sets(args.sets)  # a malformed set fails here, before any model loads
-        report = asyncio.run(evaluate(settings, sets, args, command="rag-eval " + shlex.join(argv)))
+        out = args.out or Path(".rag-eval") / "reports" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        print(f"rag-eval: writing the report to {out} (updated after each pipeline)", file=sys.stderr)
+        command = "rag-eval " + shlex.join(argv)
+        report = asyncio.run(evaluate(settings, sets, args, command, checkpoint=lambda r: write_report(out, r)))
     except (UsageError, DatasetError, ValidationError) as exc:
         return _error(exc, EXIT_USAGE)
     except (IndexBusy, IndexIncompatible) as exc:
@@ -120,9 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     except RagError as exc:
         return _error(exc, EXIT_USAGE)
 
-    from evals.report import write_report
-
-    out = args.out or Path(".rag-eval") / "reports" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     write_report(out, report)
     print(summary(report), file=sys.stdout)
     print(f"report: {out / 'report.md'}", file=sys.stderr)
@@ -142,6 +145,9 @@ def _check_args(args: argparse.Namespace, settings: Settings) -> None:
         raise UsageError(f"--concurrency must be >= 1, got {args.concurrency}")
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    # The per-question limit governs the run: the generator's own request limit must not fail a question first
+    # (on a slow CPU, a question can wait behind several batches).
+    settings.generation.request_timeout_s = max(settings.generation.request_timeout_s, args.timeout)
     if args.min_grounded_accuracy is not None:
         if not 0.0 <= args.min_grounded_accuracy <= 1.0:
             raise UsageError(f"--min-grounded-accuracy must be in [0, 1], got {args.min_grounded_accuracy}")
@@ -174,8 +180,15 @@ def _load_sets(roots: list[Path]) -> list[EvalSet]:
 # --------------------------------------------------------------------------------------------- running
 
 
-async def evaluate(settings: Settings, sets: list[EvalSet], args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """Evaluate every set with the chosen pipelines; returns the report dict (see ``evals.report``)."""
+async def evaluate(
+    settings: Settings, sets: list[EvalSet], args: argparse.Namespace, command: str,
+    checkpoint: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every set with the chosen pipelines; returns the report dict (see ``evals.report``).
+
+    ``checkpoint`` gets the report so far after each pipeline finishes, so a run stopped midway keeps what
+    it measured.
+    """
     from rag.factory import Runtime
 
     pipelines = PIPELINES[args.pipeline]
@@ -207,7 +220,10 @@ async def evaluate(settings: Settings, sets: list[EvalSet], args: argparse.Names
                 else:
                     runtime = runtime_for_index(base, set_settings)
             try:
-                report["sets"].append(await _evaluate_set(eval_set, runtime, pipelines, needs_index, args))
+                entry = _set_entry(eval_set, args, runtime)
+                report["sets"].append(entry)
+                await _evaluate_set(entry, eval_set, runtime, pipelines, needs_index, args,
+                                    lambda: checkpoint(report) if checkpoint else None)
             finally:
                 if runtime is not None and runtime is not base:
                     close_shared(runtime)
@@ -217,13 +233,11 @@ async def evaluate(settings: Settings, sets: list[EvalSet], args: argparse.Names
     return report
 
 
-async def _evaluate_set(
-    eval_set: EvalSet, runtime: "Runtime | None", pipelines: tuple[str, ...], needs_index: bool,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
+def _set_entry(eval_set: EvalSet, args: argparse.Namespace, runtime: "Runtime | None") -> dict[str, Any]:
+    """A set's report entry, before any pipeline ran."""
     items = sample(eval_set.items, args.limit, args.seed)
     n_answerable = sum(item.answerable for item in items)
-    entry: dict[str, Any] = {
+    return {
         "name": eval_set.name,
         "root": str(eval_set.root),
         "questions_in_set": len(eval_set.items),
@@ -236,6 +250,14 @@ async def _evaluate_set(
         "results": {},
         "sweep": None,
     }
+
+
+async def _evaluate_set(
+    entry: dict[str, Any], eval_set: EvalSet, runtime: "Runtime | None", pipelines: tuple[str, ...],
+    needs_index: bool, args: argparse.Namespace, checkpoint: Callable[[], Any],
+) -> None:
+    """Fill ``entry`` (from ``_set_entry``) with each pipeline's result, checkpointing after each."""
+    items = sample(eval_set.items, args.limit, args.seed)
     if needs_index and runtime is not None:
         entry["ingest"] = await asyncio.to_thread(_ingest, runtime, eval_set)
     for name in pipelines:
@@ -246,9 +268,10 @@ async def _evaluate_set(
             if isinstance(pipeline, HttpPipeline):
                 await pipeline.aclose()
         entry["results"][name] = result_dict(result)
+        checkpoint()
     if args.sweep and runtime is not None:
         entry["sweep"] = await _sweep(eval_set, items, runtime, args)
-    return entry
+        checkpoint()
 
 
 async def _make_pipeline(

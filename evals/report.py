@@ -36,7 +36,8 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> list[Path]:
     for entry in report["sets"]:
         slug = _slug(entry["name"])
         metrics = {name: result["metrics"] for name, result in entry["results"].items()}
-        written.append(plot_metrics(entry["name"], metrics, out_dir / f"metrics-{slug}.png"))
+        if metrics:  # a checkpoint may come before a set's first pipeline finished
+            written.append(plot_metrics(entry["name"], metrics, out_dir / f"metrics-{slug}.png"))
         if entry.get("sweep"):
             sweep_json = out_dir / f"sweep-{slug}.json"
             sweep_json.write_text(json.dumps(_sweep_without_records(entry["sweep"]), indent=2))

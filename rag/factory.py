@@ -61,7 +61,10 @@ class Runtime:
             self.llm = TransformersGenerator(resolve_generator(s.models), select_device(s.models), s.generation).load()
             self.batcher = BatchingGenerator(self.llm, s.generation)
             self.batcher.start()
-            verifier = Verifier(judge=self.llm.yes_probability, render=self.llm.render_chat)
+            verifier = (
+                Verifier(judge=self.llm.yes_probability, render=self.llm.render_chat)
+                if s.generation.judge else Verifier(judge=None, render=None)
+            )
             self.answers = AnswerService(self.retriever, self.llm, self.batcher, verifier, s)
         return self
 

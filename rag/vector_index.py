@@ -40,6 +40,8 @@ class VectorIndex:
         self.dim = dim
         self.settings = settings
         self.kind = kind
+        if settings.search_threads:
+            faiss.omp_set_num_threads(settings.search_threads)  # process-wide in faiss; see the setting
         self._cpu = self._empty(kind)
         self._gpu = None  # search copy on the GPU, rebuilt lazily after changes
 

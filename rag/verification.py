@@ -1,10 +1,11 @@
 """Checking an answer against the passages it cites, after generation.
 
-Two signals, averaged into one support score in [0, 1]:
-- lexical: the share of the answer's content words that occur in the cited passages (a small model that
-  answers from memory uses words the passages lack);
-- judge: the generator itself asked "is this answer supported by this passage?", read as P(Yes) from its
-  next-token probabilities (no sampling).
+The support score in [0, 1]:
+- lexical: the share of the content words the answer adds to the question that occur in the cited passages
+  (a small model answering from memory uses words the passages lack; an answer that only restates the
+  question adds none and scores 0);
+- judge (optional, ``generation.judge``): the generator itself asked "is this answer stated in this passage?",
+  read as P(Yes) from its next-token probabilities, averaged with the lexical score.
 An answer whose support is below ``generation.min_support`` becomes an abstention.
 """
 
@@ -30,9 +31,10 @@ def content_words(text: str) -> list[str]:
     return [w for w in normalize_answer(text).split() if w not in _STOPWORDS]
 
 
-def lexical_support(answer: str, passages: list[Passage]) -> float:
-    """Share of the answer's content words found in the passages; 0 when the answer has none."""
-    words = content_words(answer)
+def lexical_support(answer: str, passages: list[Passage], question: str = "") -> float:
+    """Share of the content words the answer adds to ``question`` that the passages contain; 0 when it adds none."""
+    asked = set(content_words(question))
+    words = [w for w in content_words(answer) if w not in asked]
     if not words:
         return 0.0
     vocabulary = set(normalize_answer(" ".join(p.chunk.text for p in passages)).split())
@@ -82,7 +84,7 @@ class Verifier:
         """Support of ``answer`` by the ``cited`` passages, in [0, 1]."""
         if not cited:
             return 0.0
-        lexical = lexical_support(answer, cited)
+        lexical = lexical_support(answer, cited, question)
         if self.judge is None or self.render is None:
             return lexical
         judged = self.judge([self.render(judge_messages(question, answer, cited))])[0]

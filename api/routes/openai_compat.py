@@ -37,7 +37,7 @@ async def chat_completions(body: ValidChat, answers: AnswersDep):
         return ChatCompletionResponse(
             id=completion_id, created=created, model=body.model,
             choices=[ChatChoice(message=AssistantMessage(content=answer.text))],
-            usage=Usage(), citations=[citation_out(c) for c in answer.citations], rag=rag_info(answer),
+            usage=Usage.from_answer(answer), citations=[citation_out(c) for c in answer.citations], rag=rag_info(answer),
         )
     events = await open_stream(answers, body.question, body.top_k, body.max_new_tokens)
     chunk = _ChunkMaker(completion_id, created, body.model)
@@ -62,7 +62,7 @@ async def _chunks(events: Events, chunk: _ChunkMaker) -> AsyncIterator[bytes]:
                 if not streamed:  # abstained before generating: the abstention is the content
                     yield chunk(ChunkDelta(content=item.text))
                 yield chunk(
-                    ChunkDelta(), "stop", usage=Usage(), citations=[citation_out(c) for c in item.citations],
+                    ChunkDelta(), "stop", usage=Usage.from_answer(item), citations=[citation_out(c) for c in item.citations],
                     rag=rag_info(item),
                 )
             elif item:

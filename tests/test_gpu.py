@@ -1,0 +1,39 @@
+"""The GPU-hosted paths: skipped without CUDA (run on the GPU machine with `pytest -m gpu`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_embedder_fp16_on_cuda_matches_cpu():
+    from rag.embedding import SentenceTransformerEmbedder
+    from rag.models import resolve_embedder
+    from rag.settings import ModelSettings
+
+    path = resolve_embedder(ModelSettings())
+    texts = ["The Normans conquered England in 1066.", "Steam engines drive pistons.", "Harvard is in Cambridge."]
+    gpu = SentenceTransformerEmbedder(path, device="cuda").load()
+    cpu = SentenceTransformerEmbedder(path, device="cpu").load()
+    a, b = gpu.embed_documents(texts), cpu.embed_documents(texts)
+    assert a.dtype == np.float32 and a.shape == (3, 384)
+    assert np.all(np.sum(a * b, axis=1) > 0.999)  # fp16 changes the vectors by rounding only
+
+
+def test_generator_runs_in_bf16_on_cuda():
+    from rag.generation import TransformersGenerator
+    from rag.models import resolve_generator
+    from rag.settings import GenerationSettings, ModelSettings
+
+    llm = TransformersGenerator(resolve_generator(ModelSettings()), "cuda", GenerationSettings()).load()
+    assert next(llm._loaded_model().parameters()).dtype == torch.bfloat16
+    prompt = llm.render_chat([{"role": "user", "content": "What is the capital of France? Answer with one word."}])
+    [result] = llm.generate_batch([prompt], 8)
+    assert "Paris" in result.text
