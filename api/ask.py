@@ -15,7 +15,7 @@ from rag.errors import RagError
 
 EPILOG = """\
 examples:
-  rag-ask --index .rag-sample "Who was the duke in the battle of Hastings?"
+  rag-ask --index .rag-sample "What company developed the most successful steam engine indicator?"
   rag-ask --index .rag-sample --retrieve-only "steam engine efficiency"   passages only, no generation
   rag-ask --json "..."                                                    machine-readable answer
 

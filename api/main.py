@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
+    from rag.factory import quiet_libraries
+
+    quiet_libraries()
 
     uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_level=args.log_level)
     return 0

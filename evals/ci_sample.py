@@ -9,7 +9,7 @@ unanswerable. The run fails (exit 1) when ours' grounded accuracy on them is bel
 
 is the same as
 
-    rag-eval --set ../shared/eval/squad2-dev --limit 40 --seed 0 --pipeline ours --min-grounded-accuracy 0.45
+    rag-eval --set ../shared/eval/squad2-dev --limit 40 --seed 0 --pipeline ours --min-grounded-accuracy 0.55
 
 Any argument other than ``--squad`` is passed on to ``rag-eval``.
 """
@@ -25,9 +25,11 @@ from evals import cli
 CI_SET = Path(__file__).resolve().parents[2] / "shared" / "eval" / "squad2-dev"
 CI_LIMIT = 40
 CI_SEED = 0
-# Measured 0.575 on this sample with the default settings (CPU, 2 cores; see the report under docs/); the
-# floor leaves room for small numeric differences between machines (a GPU generates in bf16).
-CI_FLOOR = 0.45
+# Taken from a real run: `python -m evals.ci_sample --out eval-out/ci-sample` on 2026-11-22 (2-core CPU, torch
+# 2.13.0+cpu, default settings: min_relevance 0.60, min_support 0.55) scored 0.600 grounded accuracy (6 answered,
+# 4 of them grounded; hallucination rate 0.333). The floor allows two questions of drift (a GPU generates in bf16)
+# and stays above 0.50, what abstaining on every question scores on this 20/20 sample.
+CI_FLOOR = 0.55
 
 
 def ci_argv(set_dir: Path = CI_SET, extra: list[str] | None = None) -> list[str]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
 import platform
+import re
 import shlex
 import sys
 from dataclasses import asdict
@@ -53,12 +55,13 @@ examples:
       writes sweep-<set>.json/.png and prints the thresholds that maximise grounded accuracy
   rag-eval --set ../shared/eval/squad2-dev --pipeline ours --url http://127.0.0.1:8000 --api-key KEY
       evaluate a running rag-serve (ingest the set's docs/ into its index first)
-  rag-eval --set ../shared/eval/squad2-dev --limit 40 --seed 0 --pipeline ours --min-grounded-accuracy 0.5
-      the CI check (see evals/ci_sample.py): exit 1 below the floor
+  rag-eval --set ../shared/eval/squad2-dev --limit 40 --seed 0 --pipeline ours --min-grounded-accuracy 0.55
+      the CI check (python -m evals.ci_sample): exit 1 below the floor
 
 Each set is ingested into its own index, <index-root>/<set name>/index (an unchanged set is not re-embedded);
 the baseline's FAISS store is cached in <index-root>/<set name>/baseline-faiss. The report (report.json with
-settings, machine and every question's record, report.md, PNG plots) goes to --out. Settings come from RAG_*
+settings, machine and every question's record, report.md, PNG plots) goes to --out, rewritten after each
+pipeline; partial/*.jsonl there gets each question's record as it finishes. Settings come from RAG_*
 environment variables (see README): RAG_GENERATION__MAX_NEW_TOKENS=64 etc.
 
 exit codes: 0 ok; 1 ours below --min-grounded-accuracy on some set; 2 usage error (bad arguments, a
@@ -75,13 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="sets", type=Path, action="append", required=True, metavar="DIR",
         help="evaluation set folder (docs/*.pdf + qa.jsonl); repeat for several sets",
     )
-    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="both", help="what to evaluate (default: both)")
+    parser.add_argument(
+        "--pipeline", choices=sorted(PIPELINES), default="both", help="what to evaluate (default: both)"
+    )
     parser.add_argument("--limit", type=int, help="questions per set, stratified by answerable (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--url", help="evaluate ours through a running service at this URL instead of in process")
     parser.add_argument("--api-key", help="bearer key for --url (default: settings api.api_key)")
     parser.add_argument("--out", type=Path, help="report folder (default: .rag-eval/reports/<date-time>)")
-    parser.add_argument("--sweep", action="store_true", help="abstention trade-off curve (ours in process)")
+    parser.add_argument(
+        "--sweep", action="store_true",
+        help="abstention trade-off: one more run of ours (in process) with the gates open, re-scored offline "
+        "over a grid of (min_relevance, min_support)",
+    )
     parser.add_argument(
         "--index-root", type=Path, default=Path(".rag-eval"), help="where per-set indexes live (default: .rag-eval)"
     )
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
         _check_args(args, settings)
         sets = _load_sets(args.sets)  # a malformed set fails here, before any model loads
-        out = args.out or Path(".rag-eval") / "reports" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = args.out = args.out or Path(".rag-eval") / "reports" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         print(f"rag-eval: writing the report to {out} (updated after each pipeline)", file=sys.stderr)
         command = "rag-eval " + shlex.join(argv)
         report = asyncio.run(evaluate(settings, sets, args, command, checkpoint=lambda r: write_report(out, r)))
@@ -130,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(report), file=sys.stdout)
     print(f"report: {out / 'report.md'}", file=sys.stderr)
     return _floor_check(report, args.min_grounded_accuracy)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "x"
 
 
 def _error(exc: Exception, code: int) -> int:
@@ -306,8 +319,14 @@ async def _run(eval_set: EvalSet, items: list[QAItem], pipeline: Pipeline, args:
     bar = tqdm(total=len(items), desc=f"{eval_set.name} {pipeline.name}", unit="q", file=sys.stderr,
                disable=args.quiet, dynamic_ncols=True)
     done = {"n": 0, "right": 0, "failed": 0}
+    # Each record is appended here as it finishes, so a run stopped midway keeps every answered question.
+    partial = Path(args.out) / "partial" / f"{_slug(eval_set.name)}.{_slug(pipeline.name)}.jsonl"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
 
     def on_record(record: QuestionRecord) -> None:
+        with partial.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record.to_dict()) + "\n")
         done["n"] += 1
         done["right"] += bool(record.score.get("right"))
         done["failed"] += record.failed
@@ -321,7 +340,9 @@ async def _run(eval_set: EvalSet, items: list[QAItem], pipeline: Pipeline, args:
         bar.close()
 
 
-async def _sweep(eval_set: EvalSet, items: list[QAItem], runtime: "Runtime", args: argparse.Namespace) -> dict[str, Any]:
+async def _sweep(
+    eval_set: EvalSet, items: list[QAItem], runtime: "Runtime", args: argparse.Namespace
+) -> dict[str, Any]:
     """Run ours once with the gates open and re-score it over the threshold grid."""
     configured = {
         "min_relevance": runtime.settings.retrieval.min_relevance,

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rag.embedding import SentenceTransformerEmbedder
 from rag.ingestion import Ingestor
 from rag.models import resolve_embedder, select_device
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.answering import AnswerService
+    from rag.batching import BatchingGenerator
+    from rag.generation import TransformersGenerator
+    from rag.index import DocumentIndex
+    from rag.retrieval import HybridRetriever
 
 
 def load_embedder(settings: Settings, load: bool = True) -> tuple[SentenceTransformerEmbedder, str]:
@@ -34,13 +43,13 @@ class Runtime:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.index = None
-        self.embedder = None
-        self.ingestor = None
-        self.retriever = None
-        self.llm = None
-        self.batcher = None
-        self.answers = None
+        self.index: DocumentIndex | None = None
+        self.embedder: SentenceTransformerEmbedder | None = None
+        self.ingestor: Ingestor | None = None
+        self.retriever: HybridRetriever | None = None
+        self.llm: TransformersGenerator | None = None  # None when started without the generator
+        self.batcher: BatchingGenerator | None = None
+        self.answers: AnswerService | None = None
 
     def start(self, with_generator: bool = True) -> "Runtime":
         from rag.answering import AnswerService
@@ -80,6 +89,9 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG on import
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

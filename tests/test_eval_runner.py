@@ -212,7 +212,8 @@ def _hand_report() -> dict:
     from dataclasses import asdict
 
     def as_dict(r):
-        return {"n": r.metrics["n"], "metrics": r.metrics, "wall_s": r.wall_s, "records": [x.to_dict() for x in r.records]}
+        records = [x.to_dict() for x in r.records]
+        return {"n": r.metrics["n"], "metrics": r.metrics, "wall_s": r.wall_s, "records": records}
 
     return {
         "primary_metric": PRIMARY_METRIC, "date": "2026-01-01T00:00:00+00:00", "command": "rag-eval --set x",
@@ -343,7 +344,7 @@ def test_cli_refuses_bad_arguments(tmp_path, capsys):
     assert exc.value.code == EXIT_USAGE
 
 
-def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatch, capsys):
+def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatch, capsys, tmp_path):
     """The CLI's sweep step on a fake open-gates pipeline: the records of RECORDS, re-scored over the grid."""
     import argparse
     from types import SimpleNamespace
@@ -367,7 +368,7 @@ def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatc
     monkeypatch.setattr(cli, "open_gates", lambda runtime: "open")
     monkeypatch.setattr(cli, "OursPipeline", OpenGates)
     runtime = SimpleNamespace(settings=Settings())
-    args = argparse.Namespace(concurrency=2, timeout=5.0, quiet=True)
+    args = argparse.Namespace(concurrency=2, timeout=5.0, quiet=True, out=tmp_path)
     sweep = asyncio.run(cli._sweep(_eval_set(ITEMS), ITEMS, runtime, args))
     assert sweep["configured"] == {"min_relevance": 0.3, "min_support": 0.5}
     assert 0.3 in sweep["grid"]["min_relevance"] and 0.5 in sweep["grid"]["min_support"]
@@ -378,6 +379,8 @@ def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatc
     assert sweep["at_configured"][PRIMARY_METRIC] == pytest.approx(2 / 4)  # support 0.5 drops "good"
     assert sweep["open_run"]["n"] == 4 and sweep["open_run"]["metrics"]["failed"] == 1
     assert "min_relevance 0.25 and min_support 0.00" in capsys.readouterr().err
+    partial = (tmp_path / "partial" / "handmade.ours_gates_open_.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["id"] for line in partial) == sorted(item.id for item in ITEMS)
 
 
 def test_floor_check_exits_1_below_the_floor(capsys):
