@@ -91,7 +91,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG on import
+    import bm25s  # noqa: F401 - imported first: it sets its own logger to DEBUG on import
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -12,6 +12,8 @@ and the chunking; it is rebuilt when either changes.
 
 from __future__ import annotations
 
+import logging
+
 import asyncio
 import json
 import shutil
@@ -47,6 +49,8 @@ SNIPPET_CHARS = 300
 _FINGERPRINT = "baseline.json"
 _FORMAT = 1  # bump when the cached store's layout or content changes
 
+log = logging.getLogger(__name__)
+
 
 @contextmanager
 def _quiet_langchain_community() -> Iterator[None]:
@@ -71,13 +75,21 @@ class EmbedderAdapter(Embeddings):
 
 
 def load_pages(docs_dir: Path) -> list[Document]:
-    """One LangChain Document per PDF page (``PyPDFLoader``); ``metadata["page"]`` is 0-based."""
+    """One LangChain Document per PDF page (``PyPDFLoader``); ``metadata["page"]`` is 0-based.
+
+    A file PyPDFLoader cannot read is skipped with a warning (the LangChain docs' loop would stop there):
+    with pypdf 7.1's default limits it cannot open 2 of the 20 sec10q-dev filings ("Reached maximum array
+    element count"), and the baseline then answers without them.
+    """
     with _quiet_langchain_community():
         from langchain_community.document_loaders import PyPDFLoader
 
         pages: list[Document] = []
         for path in sorted(Path(docs_dir).glob("*.pdf")):
-            pages.extend(PyPDFLoader(str(path)).load())
+            try:
+                pages.extend(PyPDFLoader(str(path)).load())
+            except Exception as exc:  # noqa: BLE001 - the baseline's own failure, reported and measured
+                log.warning("baseline: PyPDFLoader cannot read %s: %s: %s", path.name, type(exc).__name__, exc)
     return pages
 
 
