@@ -370,7 +370,10 @@ def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatc
     runtime = SimpleNamespace(settings=Settings())
     args = argparse.Namespace(concurrency=2, timeout=5.0, quiet=True, out=tmp_path)
     sweep = asyncio.run(cli._sweep(_eval_set(ITEMS), ITEMS, runtime, args))
-    assert sweep["configured"] == {"min_relevance": 0.3, "min_support": 0.5}
+    defaults = Settings()
+    assert sweep["configured"] == {
+        "min_relevance": defaults.retrieval.min_relevance, "min_support": defaults.generation.min_support,
+    }
     assert 0.3 in sweep["grid"]["min_relevance"] and 0.5 in sweep["grid"]["min_support"]
     assert len(sweep["points"]) == len(sweep["grid"]["min_relevance"]) * len(sweep["grid"]["min_support"])
     # "trap" (relevance 0.2) is gated from 0.25 up, "good" (support 0.3, relevance 0.6) kept below 0.35 / 0.65
