@@ -93,7 +93,7 @@ class AnswerService:
                 timings, support=support, draft=text,
             )
         return Answer(
-            text=text, abstained=False, citations=tuple(citation(p) for p in used), timings=timings,
+            text=text, abstained=False, citations=tuple(citation(p, text) for p in used), timings=timings,
             support=support, relevance=relevance,
         )
 
@@ -108,11 +108,20 @@ class AnswerService:
         )
 
 
-def citation(passage: Passage) -> Citation:
+def citation(passage: Passage, answer: str = "") -> Citation:
     """A passage as a citation; the score is its cosine similarity to the question when known."""
     c = passage.chunk
     score = passage.dense_score if passage.dense_score is not None else passage.score
     return Citation(
         document=c.document, page_start=c.page_start, page_end=c.page_end,
-        snippet=c.text[:SNIPPET_CHARS], score=round(float(score), 4), chunk_id=int(c.id),
+        snippet=snippet(c.text, answer), score=round(float(score), 4), chunk_id=int(c.id),
     )
+
+
+def snippet(text: str, answer: str = "") -> str:
+    """Up to SNIPPET_CHARS of ``text``: around the answer where the passage contains it, else its start."""
+    at = text.lower().find(answer.lower().strip(" .")) if answer.strip(" .") else -1
+    if at < 0 or len(text) <= SNIPPET_CHARS:
+        return text[:SNIPPET_CHARS]
+    start = max(0, min(at - SNIPPET_CHARS // 3, len(text) - SNIPPET_CHARS))
+    return text[start:start + SNIPPET_CHARS]

@@ -97,3 +97,13 @@ def test_verifier_without_judge_is_lexical():
     assert verifier.support("Who?", "William", []) == 0.0
     with pytest.raises(ValueError):
         Verifier(judge=lambda prompts: [0.5], render=None)
+
+
+def test_citation_snippet_shows_the_answer():
+    from rag.answering import SNIPPET_CHARS, snippet
+
+    text = "filler " * 100 + "the most successful indicator was developed by Charles Porter in 1862. " + "more " * 50
+    shown = snippet(text, "Charles Porter")
+    assert "Charles Porter" in shown and len(shown) == SNIPPET_CHARS
+    assert snippet(text, "Nowhere Inc.") == text[:SNIPPET_CHARS]  # not in the passage: its start
+    assert snippet("short passage", "passage") == "short passage"
