@@ -9,14 +9,12 @@ one worker thread (a lock guards it anyway, so a direct caller cannot corrupt a 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from transformers import LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from rag.errors import ModelUnavailable
@@ -47,14 +45,6 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
-    token_logprobs: tuple[float, ...] = ()  # log P of each kept token as chosen (greedy), for confidence
-
-    @property
-    def confidence(self) -> float | None:
-        """Geometric mean probability of the generated tokens, exp(mean log P); None when nothing was generated."""
-        if not self.token_logprobs:
-            return None
-        return math.exp(sum(self.token_logprobs) / len(self.token_logprobs))
 
 
 class Generator(Protocol):
@@ -68,30 +58,6 @@ class Generator(Protocol):
     ) -> list[GenerationResult]: ...
 
     def yes_probability(self, prompts: list[str]) -> list[float]: ...
-
-
-class _ChosenLogprobs:
-    """A logits processor that records, per step, log P of the token greedy decoding is about to choose.
-
-    Under greedy decoding the chosen token is the argmax, so its log-probability is max(logits) - logsumexp(logits);
-    only (B,) values per step are kept, never the (B, vocab) scores. Returns the logits unchanged.
-    """
-
-    def __init__(self) -> None:
-        self.steps: list[Any] = []  # N tensors of shape (B,)
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        self.steps.append((scores.max(dim=-1).values - torch.logsumexp(scores.float(), dim=-1)).cpu())
-        return scores
-
-    def per_row(self) -> list[list[float]]:
-        import torch
-
-        if not self.steps:
-            return []
-        return torch.stack(self.steps, dim=1).tolist()  # (B, N)
 
 
 class TransformersGenerator:
@@ -190,20 +156,17 @@ class TransformersGenerator:
             streamer = None
             if any(cb is not None for cb in callbacks):
                 streamer = BatchTextStreamer(tokenizer, callbacks, budgets, self._stop_ids)
-            recorder = _ChosenLogprobs()
             sequences = model.generate(
                 **inputs,
                 generation_config=self._generation_config(max(budgets)),
                 streamer=streamer,
-                logits_processor=LogitsProcessorList([recorder]),
             )  # (B, T + N), N <= max(budgets)
             self.generate_calls += 1
         new_tokens = sequences[:, prompt_len:].tolist()  # (B, N)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # (B,)
-        logprobs = recorder.per_row()  # (B, N)
         return [
-            self._result(row, budget, int(n_prompt), row_logprobs)
-            for row, budget, n_prompt, row_logprobs in zip(new_tokens, budgets, prompt_tokens, logprobs, strict=True)
+            self._result(row, budget, int(n_prompt))
+            for row, budget, n_prompt in zip(new_tokens, budgets, prompt_tokens, strict=True)
         ]
 
     def _generation_config(self, max_new_tokens: int) -> Any:
@@ -218,12 +181,11 @@ class TransformersGenerator:
             pad_token_id=self._tokenizer.pad_token_id,
         )
 
-    def _result(self, row: list[int], budget: int, prompt_tokens: int, logprobs: list[float]) -> GenerationResult:
+    def _result(self, row: list[int], budget: int, prompt_tokens: int) -> GenerationResult:
         kept, finish = _cut_row(row, budget, self._stop_ids)
         text = self._tokenizer.decode(kept, skip_special_tokens=True)
         return GenerationResult(
-            text=text, prompt_tokens=prompt_tokens, completion_tokens=len(kept), finish_reason=finish,
-            token_logprobs=tuple(logprobs[: len(kept)]),
+            text=text, prompt_tokens=prompt_tokens, completion_tokens=len(kept), finish_reason=finish
         )
 
     # ------------------------------------------------------------------ judging

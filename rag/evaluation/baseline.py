@@ -12,10 +12,9 @@ and the chunking; it is rebuilt when either changes.
 
 from __future__ import annotations
 
-import logging
-
 import asyncio
 import json
+import logging
 import shutil
 import tempfile
 import warnings
