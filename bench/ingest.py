@@ -4,8 +4,8 @@ For each ``--docs`` folder (a corpus), in one process with one loaded MiniLM emb
 
 1. ours: ``Ingestor.sync_folder`` into a fresh temporary index (parse and chunk in worker processes, embed
    in batches, commit SQLite + FAISS), then a second, unchanged rerun (content hashes only).
-2. ours, stages: the same parse (``parse_pdf``) and chunk (``Chunker``) run alone in the same worker pool
-   with a timer around each, which splits the pipeline's combined parse+chunk time into its two stages.
+2. ours, stages: the pipeline's parse tasks (page ranges of ``ingest.pages_per_task`` pages) and then its chunk
+   tasks (one per document) run alone in the same worker pool, each phase timed on its own.
    Embed and index seconds come from the pipeline's own ``IngestReport.stage_seconds``.
 3. baseline: ``PyPDFLoader`` per file, ``RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)``,
    ``FAISS.from_documents`` with the same embedder behind LangChain's ``Embeddings`` interface
@@ -177,37 +177,42 @@ def run_ours(settings, embedder, embedder_path: str, docs: Path, index_dir: Path
 
 
 def run_stage_split(settings, embedder_path: str, files: list[Path], workers: int) -> dict[str, Any]:
-    """Parse and chunk alone, in the pool the pipeline would use, with a timer around each stage per file."""
+    """Parse, then chunk, alone, in a pool like the pipeline's: the parse phase runs the pipeline's page-range
+    tasks (``ingest.pages_per_task``), the chunk phase one task per document; each phase is timed on its own."""
     from rag.ingestion import PARALLEL_MIN_BYTES
 
-    ordered = sorted(files, key=lambda f: f.stat().st_size, reverse=True)  # as the pipeline orders them
     n = min(workers, len(files))
     if sum(f.stat().st_size for f in files) < PARALLEL_MIN_BYTES:
         n = 1  # the pipeline parses small inputs in-process too
-    started = time.perf_counter()
+    per_task = settings.ingest.pages_per_task if n > 1 else 1 << 30  # in-process: whole files
+    counts = {path: _page_count(path) for path in files}  # not timed
+    _reader_cache.clear()
+    tasks = [
+        (path, start, start + per_task)
+        for path, count in sorted(counts.items(), key=lambda item: item[1], reverse=True)
+        for start in range(0, max(count, 1), per_task)
+    ]
     if n <= 1:
         _stage_worker_init(embedder_path, settings)
-        per_file = [_stage_worker_run(f) for f in ordered]
+        started = time.perf_counter()
+        parts = [_stage_parse(task) for task in tasks]
+        parsed_at = time.perf_counter()
+        chunked = [_stage_chunk(doc) for doc in _stage_docs(tasks, parts)]
+        finished = time.perf_counter()
     else:
         with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=_stage_worker_init,
                                  initargs=(embedder_path, settings)) as pool:
-            per_file = list(pool.map(_stage_worker_run, ordered))
-    wall = time.perf_counter() - started
-    parse_cpu = sum(r["parse_s"] for r in per_file)
-    chunk_cpu = sum(r["chunk_s"] for r in per_file)
-    pages = sum(r["pages"] for r in per_file)
-    share = parse_cpu / (parse_cpu + chunk_cpu) if parse_cpu + chunk_cpu else 0.0
-    longest = max(per_file, key=lambda r: r["parse_s"] + r["chunk_s"])
+            list(pool.map(_stage_noop, range(n)))  # workers up before the clock starts
+            started = time.perf_counter()
+            parts = list(pool.map(_stage_parse, tasks))
+            parsed_at = time.perf_counter()
+            chunked = list(pool.map(_stage_chunk, _stage_docs(tasks, parts)))
+            finished = time.perf_counter()
+    pages = sum(pages for pages, _ in chunked)
     return {
-        "workers": n, "wall_s": wall, "pages": pages,
-        # Worker-seconds per stage, and the pool's wall time split between the stages in that proportion.
-        "parse_cpu_s": parse_cpu, "chunk_cpu_s": chunk_cpu,
-        "parse_s": wall * share, "chunk_s": wall * (1 - share),
-        "parse_pages_per_cpu_s": pages / parse_cpu if parse_cpu else None,
-        "chunk_pages_per_cpu_s": pages / chunk_cpu if chunk_cpu else None,
-        # One file is one task: the pool cannot finish before its slowest file.
-        "longest_file": {"name": longest["name"], "pages": longest["pages"],
-                         "seconds": longest["parse_s"] + longest["chunk_s"]},
+        "workers": n, "tasks": len(tasks), "pages_per_task": per_task if n > 1 else None, "pages": pages,
+        "chunks": sum(c for _, c in chunked),
+        "parse_s": parsed_at - started, "chunk_s": finished - parsed_at,
     }
 
 
@@ -221,18 +226,46 @@ def _stage_worker_init(embedder_path: str, settings) -> None:
     _stage_state["settings"] = settings
 
 
-def _stage_worker_run(path: Path) -> dict[str, Any]:
-    from rag.pdf_parsing import parse_pdf_safe
-    from rag.types import FileFailure
+def _stage_noop(_: int) -> None:
+    return None
 
-    started = time.perf_counter()
-    parsed = parse_pdf_safe(path, _stage_state["settings"].ingest)
-    parsed_at = time.perf_counter()
-    if isinstance(parsed, FileFailure):
-        return {"name": path.name, "pages": 0, "chunks": 0, "parse_s": parsed_at - started, "chunk_s": 0.0}
-    chunks = _stage_state["chunker"].chunk(parsed, path.name)
-    return {"name": path.name, "pages": len(parsed.pages), "chunks": len(chunks),
-            "parse_s": parsed_at - started, "chunk_s": time.perf_counter() - parsed_at}
+
+def _stage_parse(task: tuple[Path, int, int]):
+    """One range task, as the pipeline's workers run it; None for a file that cannot be read."""
+    from rag.errors import PdfError
+    from rag.pdf_parsing import OpenPdf
+
+    path, start, stop = task
+    try:
+        if _stage_state.get("open_path") != path:  # the pipeline's workers keep one file open between ranges
+            _stage_state["open"] = None
+            _stage_state["open"] = OpenPdf(path, _stage_state["settings"].ingest)
+            _stage_state["open_path"] = path
+        return _stage_state["open"].read(start, stop)
+    except PdfError:
+        _stage_state["open_path"] = None
+        return None
+
+
+def _stage_docs(tasks, parts) -> list[tuple[Path, list]]:
+    """The ranges grouped per readable file, in task order."""
+    grouped: dict[Path, list] = {}
+    for (path, _, _), part in zip(tasks, parts):
+        grouped.setdefault(path, []).append(part)
+    return [(path, ranges) for path, ranges in grouped.items() if all(r is not None for r in ranges)]
+
+
+def _stage_chunk(doc: tuple[Path, list]) -> tuple[int, int]:
+    """(pages, chunks) of one document: its ranges joined, then chunked; (0, 0) when it is refused."""
+    from rag.errors import PdfError
+    from rag.pdf_parsing import assemble_document
+
+    path, ranges = doc
+    try:
+        document = assemble_document(path, ranges[0].content_hash, ranges, _stage_state["settings"].ingest)
+    except PdfError:
+        return 0, 0
+    return len(document.pages), len(_stage_state["chunker"].chunk(document, path.name))
 
 
 # -------------------------------------------------------------------------------------------- baseline
@@ -317,8 +350,6 @@ _reader_cache: dict[str, Any] = {}
 def _open_reader(path: Path):
     import pypdf
 
-    # The same array limit rag.pdf_parsing sets: real 10-Q filings exceed pypdf's default.
-    pypdf.apply_configuration(array_maximum_element_count=1_000_000)
     key = str(path)
     if key not in _reader_cache:
         _reader_cache.clear()  # one open file per worker: tasks come grouped by file
@@ -331,7 +362,8 @@ def _page_count(path: Path) -> int:
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
-        return len(_open_reader(path).pages)
+        with _pypdf_limits():
+            return len(_open_reader(path).pages)
     except Exception:  # noqa: BLE001 - a broken file counts as no pages here
         return 0
 
@@ -345,14 +377,25 @@ def _extract_range(task: tuple[Path, int, int]) -> tuple[int, int]:
     ok = bad = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        reader = _open_reader(path)
-        for number in range(start, stop):
-            try:
-                reader.pages[number].extract_text()
-                ok += 1
-            except Exception:  # noqa: BLE001 - count and go on, as our parser does
-                bad += 1
+        with _pypdf_limits():
+            reader = _open_reader(path)
+            for number in range(start, stop):
+                try:
+                    reader.pages[number].extract_text()
+                    ok += 1
+                except Exception:  # noqa: BLE001 - count and go on, as our parser does
+                    bad += 1
     return ok, bad
+
+
+def _pypdf_limits():
+    """The array limit rag.pdf_parsing reads with (real 10-Q filings exceed pypdf's default); a context
+    manager, as pypdf's configuration is."""
+    import pypdf
+
+    from rag.pdf_parsing import ARRAY_LIMIT
+
+    return pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -404,20 +447,15 @@ def print_corpus(corpus: dict[str, Any]) -> None:
     row("ours end to end", ours["seconds"], pages)
     split = ours.get("stages_isolated")
     if split:
-        row("  parse (alone, same pool)", split["parse_s"], split["pages"],
-            f"{fmt(split['parse_pages_per_cpu_s'])} pages per worker-second")
-        row("  chunk (alone, same pool)", split["chunk_s"], split["pages"],
-            f"{fmt(split['chunk_pages_per_cpu_s'])} pages per worker-second")
+        tasks = f"{split['tasks']} tasks of <= {split['pages_per_task']} pages" if split["pages_per_task"] else "in-process"
+        row("  parse (alone, same pool)", split["parse_s"], split["pages"], tasks)
+        row("  chunk (alone, same pool)", split["chunk_s"], split["pages"], "one task per document")
     row("  parse+chunk (in pipeline)", stages.get("parse_chunk"), pages, "overlaps embed")
     row("  embed", stages.get("embed"), pages,
         f"{fmt(ours['embed_tokens_per_s'], 0)} tokens/s, {fmt(ours['embed_chunks_per_s'])} chunks/s")
     row("  index (SQLite + FAISS commit)", stages.get("index"), pages)
     print(f"{'ours rerun, unchanged':34}{fmt(ours['rerun_seconds'], 3):>10}{'':>10}  "
           f"{ours['rerun_unchanged']} files unchanged")
-    if split:
-        lf = split["longest_file"]
-        print(f"{'longest single file (one task)':34}{fmt(lf['seconds'], 2):>10}{'':>10}  "
-              f"{lf['name']}, {lf['pages']} pages, parse+chunk")
     if base:
         bs = base["stage_seconds"]
         row("baseline end to end", base["seconds"], base["pages"])

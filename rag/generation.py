@@ -173,12 +173,21 @@ class TransformersGenerator:
         """Pure greedy decoding; the model's own sampling defaults (temperature, penalties) are ignored on purpose."""
         from transformers import GenerationConfig
 
+        cache: dict[str, Any] = {}
+        if self.settings.static_cache:
+            # One cache length for every call (prompts are cut to max_context_tokens): a compiled decode step is
+            # reused instead of recompiled for each new prompt length.
+            cache = {
+                "cache_implementation": "static",
+                "max_cache_len": self.settings.max_context_tokens + self.settings.max_new_tokens_limit,
+            }
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
             eos_token_id=self._stop_ids,
             pad_token_id=self._tokenizer.pad_token_id,
+            **cache,
         )
 
     def _result(self, row: list[int], budget: int, prompt_tokens: int) -> GenerationResult:

@@ -7,18 +7,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
-from rag.chunking import Chunker, relative_name
+from rag.chunking import relative_name
 from rag.embedding import SentenceTransformerEmbedder
 from rag.errors import UsageError
 from rag.index import DocumentIndex, NewDocument, Profile
-from rag.pdf_parsing import parse_pdf_safe, sha256_file
+from rag.parse_pool import ParsedFile, parse_files
+from rag.pdf_parsing import sha256_file
 from rag.settings import Settings
-from rag.types import Chunk, FileFailure, IngestReport
+from rag.types import FileFailure, IngestReport
 
 
 # Below this many bytes to parse, worker processes cost more to start (imports) than they save.
@@ -26,17 +25,6 @@ PARALLEL_MIN_BYTES = 4 * 2**20
 
 FOLDER = "folder"  # documents synced from a folder by rag-ingest
 UPLOAD = "upload"  # documents posted to the API
-
-
-@dataclass(frozen=True)
-class ParsedFile:
-    """What a worker returns for one PDF: its chunks, not yet embedded."""
-
-    name: str
-    content_hash: str
-    pages: int
-    size_bytes: int
-    chunks: list[Chunk]
 
 
 @dataclass
@@ -196,25 +184,12 @@ class Ingestor:
             commit()
 
     def _parse_all(self, files: list[tuple[str, Path]], stages: dict[str, float]) -> Iterator[ParsedFile | FileFailure]:
-        """Parse and chunk files, in worker processes when there are several; yields in completion order."""
+        """Parse and chunk files, in worker processes when there are enough bytes; yields in completion order."""
         started = time.perf_counter()
         workers = min(self.settings.ingest.workers or os.cpu_count() or 1, len(files))
         if sum(path.stat().st_size for _, path in files) < PARALLEL_MIN_BYTES:
             workers = 1
-        if workers <= 1:
-            chunker = Chunker(self.tokenizer_path, self.settings.chunking).load()
-            for name, path in files:
-                yield _parse_and_chunk(chunker, self.settings, name, path)
-        else:
-            # Largest files first so one big PDF does not finish last on an otherwise idle pool.
-            ordered = sorted(files, key=lambda f: f[1].stat().st_size, reverse=True)
-            with ProcessPoolExecutor(
-                workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                initargs=(self.tokenizer_path, self.settings),
-            ) as pool:
-                futures = [pool.submit(_worker_parse, name, path) for name, path in ordered]
-                for future in as_completed(futures):
-                    yield future.result()
+        yield from parse_files(files, self.tokenizer_path, self.settings, workers)
         stages["parse_chunk"] = stages.get("parse_chunk", 0.0) + time.perf_counter() - started
 
     def _embed(self, batch: list[ParsedFile], collection: str, stages: dict[str, float]) -> list[NewDocument]:
@@ -234,26 +209,3 @@ class Ingestor:
             ))
             offset += n
         return docs
-
-
-def _parse_and_chunk(chunker: Chunker, settings: Settings, name: str, path: Path) -> ParsedFile | FileFailure:
-    parsed = parse_pdf_safe(path, settings.ingest)
-    if isinstance(parsed, FileFailure):
-        return FileFailure(path=name, reason=parsed.reason)
-    chunks = chunker.chunk(parsed, name)
-    if not chunks:
-        return FileFailure(path=name, reason="no text to index after extraction")
-    return ParsedFile(name, parsed.content_hash, len(parsed.pages), path.stat().st_size, chunks)
-
-
-# One chunker per worker process, made by the pool initializer (the tokenizer loads once per worker).
-_worker_state: dict = {}
-
-
-def _worker_init(tokenizer_path: str, settings: Settings) -> None:
-    _worker_state["chunker"] = Chunker(tokenizer_path, settings.chunking).load()
-    _worker_state["settings"] = settings
-
-
-def _worker_parse(name: str, path: Path) -> ParsedFile | FileFailure:
-    return _parse_and_chunk(_worker_state["chunker"], _worker_state["settings"], name, path)

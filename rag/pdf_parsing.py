@@ -21,7 +21,7 @@ from pypdf.errors import DependencyError, FileNotDecryptedError
 
 from rag.errors import PdfError
 from rag.settings import IngestSettings
-from rag.types import FileFailure, Page, ParsedDocument
+from rag.types import FileFailure, Page, PageRange, ParsedDocument
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _MB = 1024 * 1024
 _HEADER_WINDOW = 1024  # readers accept the %PDF- marker anywhere in the first 1 KiB
 # pypdf 7 refuses arrays over 100,000 elements; real SEC 10-Q filings (MSFT 2023 Q1/Q2) carry a ~110,000-entry
 # structure-tree array. Ten times the default still bounds memory on hostile files.
-_ARRAY_LIMIT = 1_000_000
+ARRAY_LIMIT = 1_000_000
 _NOISY_LOGGERS = ("pypdf", "fontTools")
 
 NO_TEXT_LAYER = "no text layer (image-only or scanned PDF; OCR is not supported)"
@@ -51,16 +51,73 @@ def parse_pdf(path: Path, settings: IngestSettings) -> ParsedDocument:
         PdfError: with the reason shown to the user (not a PDF, empty, too large, corrupt or truncated,
             encrypted with a password, no pages, or no text layer).
     """
-    path = Path(path)
-    data = _read_checked(path, settings)
-    with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=_ARRAY_LIMIT):
-        reader = _open_reader(data)
-        texts = _extract_pages(reader, path)
-    pages = tuple(Page(number, normalize_text(text)) for number, text in enumerate(texts, start=1))
+    part = read_page_range(path, settings)
+    return assemble_document(path, part.content_hash, [part], settings)
+
+
+class OpenPdf:
+    """A PDF opened once (bytes checked, decrypted, page tree loaded) to extract page ranges from.
+
+    Opening can cost seconds on its own (a 2,400-page manual with compressed object streams: ~5 s), so a
+    worker that extracts several ranges of one file keeps it open between them.
+    """
+
+    def __init__(self, path: Path, settings: IngestSettings):
+        self.path = Path(path)
+        data = _read_checked(self.path, settings)
+        self.content_hash = hashlib.sha256(data).hexdigest()
+        with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
+            self._reader = _open_reader(data)
+            self.page_count = len(self._reader.pages)
+
+    def read(self, start: int = 0, stop: int | None = None) -> PageRange:
+        """Pages ``start`` to ``stop`` (0-based, ``stop`` exclusive, None or past the end: to the end).
+
+        A page whose extraction throws is kept as "" and listed in ``failures`` (``assemble_document`` decides
+        whether the document is still usable).
+        """
+        stop = self.page_count if stop is None else min(stop, self.page_count)
+        with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
+            texts, failures = _extract_pages(self._reader, range(start, stop))
+        return PageRange(
+            start=start, texts=tuple(normalize_text(text) for text in texts), failures=tuple(failures),
+            page_count=self.page_count, content_hash=self.content_hash,
+        )
+
+
+def read_page_range(path: Path, settings: IngestSettings, start: int = 0, stop: int | None = None) -> PageRange:
+    """``OpenPdf(path, settings).read(start, stop)``; raises PdfError for a file that cannot be opened."""
+    return OpenPdf(path, settings).read(start, stop)
+
+
+def assemble_document(path: Path, content_hash: str, parts: list[PageRange], settings: IngestSettings) -> ParsedDocument:
+    """Join the page ranges of one file (in any order, together covering every page) into a document.
+
+    Raises:
+        PdfError: when the ranges come from different versions of the file, when extraction failed on every
+            page, or when the pages carry (almost) no text.
+    """
+    parts = sorted(parts, key=lambda part: part.start)
+    if any(part.content_hash != content_hash for part in parts):
+        raise PdfError("file changed while it was being read (ingest it again)")
+    texts = [text for part in parts for text in part.texts]
+    count = parts[0].page_count if parts else 0
+    if len(texts) != count or any(part.page_count != count for part in parts):
+        raise RuntimeError(f"{path}: page ranges cover {len(texts)} of {count} pages")  # a scheduling bug
+    failures = [failure for part in parts for failure in part.failures]
+    if failures and len(failures) == count:
+        raise PdfError(f"corrupt PDF: text extraction failed on every page ({failures[0][1]})")
+    if failures:
+        number, error = failures[0]
+        logger.warning(
+            "%s: text extraction failed on %d of %d pages, kept as empty (first: page %d: %s)",
+            path, len(failures), count, number, error,
+        )
+    pages = tuple(Page(number, text) for number, text in enumerate(texts, start=1))
     visible = sum(len(re.sub(r"\s+", "", page.text)) for page in pages)
     if visible == 0 or visible / len(pages) < settings.min_chars_per_page:
         raise PdfError(NO_TEXT_LAYER)
-    return ParsedDocument(path=path, content_hash=hashlib.sha256(data).hexdigest(), pages=pages)
+    return ParsedDocument(path=Path(path), content_hash=content_hash, pages=pages)
 
 
 def parse_pdf_safe(path: Path, settings: IngestSettings) -> ParsedDocument | FileFailure:
@@ -119,26 +176,18 @@ def _open_reader(data: bytes) -> PdfReader:
     return reader
 
 
-def _extract_pages(reader: PdfReader, path: Path) -> list[str]:
-    """Raw text per page; a page whose extraction throws becomes "" unless every page does."""
+def _extract_pages(reader: PdfReader, indices: range) -> tuple[list[str], list[tuple[int, str]]]:
+    """Raw text of the pages at ``indices``; a page whose extraction throws becomes "" and is listed as
+    (1-based page, "ErrorType: message")."""
     texts: list[str] = []
-    failures: list[tuple[int, Exception]] = []
-    for index in range(len(reader.pages)):
+    failures: list[tuple[int, str]] = []
+    for index in indices:
         try:
             texts.append(reader.pages[index].extract_text() or "")
         except Exception as error:  # noqa: BLE001 - a broken page must not lose the rest of the document
             texts.append("")
-            failures.append((index + 1, error))
-    if failures and len(failures) == len(texts):
-        first = failures[0][1]
-        raise PdfError(f"corrupt PDF: text extraction failed on every page ({type(first).__name__}: {first})")
-    if failures:
-        number, error = failures[0]
-        logger.warning(
-            "%s: text extraction failed on %d of %d pages, kept as empty (first: page %d: %s: %s)",
-            path, len(failures), len(texts), number, type(error).__name__, error,
-        )
-    return texts
+            failures.append((index + 1, f"{type(error).__name__}: {error}"))
+    return texts, failures
 
 
 @contextmanager

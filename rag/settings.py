@@ -64,6 +64,10 @@ class IngestSettings(BaseModel):
     workers: int = Field(
         0, ge=0, description="Processes parsing PDFs in parallel (pypdf is pure Python); 0 means one per core."
     )
+    pages_per_task: int = Field(
+        64, ge=1, description="Longer PDFs are parsed in page ranges of this size by several workers at once, "
+        "so one long manual does not finish last on an otherwise idle pool."
+    )
     embed_batch_size: int = Field(64, ge=1, description="Chunks per embedding batch.")
     max_file_mb: float = Field(200.0, gt=0, description="PDFs larger than this are reported and skipped.")
     checkpoint_seconds: float = Field(
@@ -135,6 +139,14 @@ class GenerationSettings(BaseModel):
     queue_size: int = Field(64, ge=1, description="Waiting requests beyond which the API answers 503.")
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request time limit.")
     max_context_tokens: int = Field(2048, ge=256, description="Prompt token budget; passages beyond it are dropped.")
+    static_cache: bool = Field(
+        False,
+        description="Decode with a preallocated KV cache (transformers' static cache) sized max_context_tokens + "
+        "max_new_tokens_limit, so that every call has the same cache shape; on CUDA transformers then compiles the "
+        "decode step (torch.compile, CUDA graphs), the usual remedy for launch-bound single-request decoding. The "
+        "first calls at each batch size compile (tens of seconds). Off by default: checked for identical output on "
+        "the CPU, where it does not compile; its GPU speed is not measured yet (docs/benchmarks.md).",
+    )
     judge: bool = Field(
         False,
         description="Verification also asks the generator whether the cited passage states the answer (one more "

@@ -28,6 +28,21 @@ class ParsedDocument:
 
 
 @dataclass(frozen=True)
+class PageRange:
+    """The text of pages ``start`` .. ``start + len(texts) - 1`` (0-based) of one PDF, as a worker returns it.
+
+    ``failures`` are the 1-based pages whose extraction threw (kept as ""), with the error; ``page_count`` is
+    the whole file's; ``content_hash`` lets the ranges of one file be checked to come from the same bytes.
+    """
+
+    start: int
+    texts: tuple[str, ...]
+    failures: tuple[tuple[int, str], ...]
+    page_count: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A passage of one document, with where it came from.
 

@@ -292,6 +292,22 @@ def test_concurrent_requests_are_batched_and_match_single_runs(generator: Transf
 
 
 @pytest.mark.e2e
+def test_static_cache_gives_the_same_answers(generator: TransformersGenerator, model_path: str) -> None:
+    """The static-cache option (meant for compiled decoding on CUDA) changes where the KV cache lives, not what
+    greedy decoding produces: same texts, batched rows of different lengths included, streamed or not."""
+    settings = GenerationSettings(static_cache=True, max_context_tokens=256, max_new_tokens_limit=16)
+    static = TransformersGenerator(model_path, generator.device, settings).load()
+    prompts = [_chat(generator, CAPITAL), _chat(generator, "Name the largest planet of the solar system in one word.")]
+    dynamic = generator.generate_batch(prompts, [8, 6])
+    deltas: list[list[str]] = [[], []]
+    cached = static.generate_batch(prompts, [8, 6], on_token=[deltas[0].append, deltas[1].append])
+    again = static.generate_batch(prompts[:1], 8)  # a second call, another batch size, reuses the setting
+    assert [r.text for r in cached] == [r.text for r in dynamic]
+    assert ["".join(d) for d in deltas] == [r.text for r in cached]
+    assert again[0].text == dynamic[0].text and "Paris" in again[0].text
+
+
+@pytest.mark.e2e
 def test_stream_deltas_add_up_to_the_final_text(generator: TransformersGenerator) -> None:
     prompt = _chat(generator, "Translate 'thank you very much' into Japanese. Reply with the translation only.")
     batcher = _real_batcher(generator, batch_wait_ms=0)

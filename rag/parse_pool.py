@@ -1,0 +1,192 @@
+"""Parse and chunk PDFs, in worker processes when there are several; long PDFs are split into page ranges.
+
+One task per file would leave a pool waiting on its longest file (a 2,400-page manual parses for minutes on
+one core while the others idle), so a worker that opens a file longer than ``ingest.pages_per_task`` pages
+extracts only the first range and hands the page count back; the other ranges are queued as tasks of their
+own, and once every range is in, one more task joins the pages and chunks the whole document (chunks cross
+page boundaries, so chunking stays per document and does not depend on how the pages were split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from rag.chunking import Chunker
+from rag.errors import PdfError
+from rag.pdf_parsing import OpenPdf, assemble_document, read_page_range
+from rag.settings import Settings
+from rag.types import Chunk, FileFailure, PageRange
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """One PDF parsed and chunked, not yet embedded; ``name`` is the name it is stored under."""
+
+    name: str
+    content_hash: str
+    pages: int
+    size_bytes: int
+    chunks: list[Chunk]
+
+
+def parse_files(
+    files: list[tuple[str, Path]], tokenizer_path: str, settings: Settings, workers: int,
+) -> Iterator[ParsedFile | FileFailure]:
+    """Parse and chunk ``files`` (stored name, path); yields one result per file, in completion order.
+
+    ``workers`` <= 1 parses in this process, one file after another.
+    """
+    if workers <= 1 or not files:
+        chunker = Chunker(tokenizer_path, settings.chunking).load()
+        for name, path in files:
+            yield _guarded(name, lambda: _parse_whole(chunker, settings, name, path))
+        return
+    # Largest files first, so that their ranges are queued early and no big file finishes last.
+    ordered = sorted(files, key=lambda f: f[1].stat().st_size, reverse=True)
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(tokenizer_path, settings),
+    ) as pool:
+        yield from _Scheduler(pool, settings.ingest.pages_per_task).run(ordered)
+
+
+@dataclass
+class _Assembly:
+    """The page ranges of one long file as they come back from the workers."""
+
+    path: Path
+    content_hash: str
+    page_count: int
+    parts: list[PageRange] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return sum(len(part.texts) for part in self.parts) == self.page_count
+
+
+class _Scheduler:
+    """Submits first-range tasks, fans long files out into range tasks, then a chunk task per long file."""
+
+    def __init__(self, pool: ProcessPoolExecutor, pages_per_task: int):
+        self.pool = pool
+        self.pages_per_task = pages_per_task
+        self.pending: dict[Future, str] = {}  # future -> stored name of the file it works on
+        self.assemblies: dict[str, _Assembly] = {}
+        self.failed: set[str] = set()
+        self.paths: dict[str, Path] = {}
+
+    def run(self, files: list[tuple[str, Path]]) -> Iterator[ParsedFile | FileFailure]:
+        self.paths = dict(files)
+        for name, path in files:
+            self._submit(name, _worker_first, name, path, self.pages_per_task)
+        while self.pending:
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = self.pending.pop(future)
+                if name in self.failed:
+                    continue  # another range of this file already failed
+                result = future.result()
+                if isinstance(result, PageRange):
+                    self._add_range(name, result)
+                    continue
+                if isinstance(result, FileFailure):
+                    self.failed.add(name)
+                    self.assemblies.pop(name, None)
+                yield result
+
+    def _submit(self, name: str, fn, *args) -> None:
+        self.pending[self.pool.submit(fn, *args)] = name
+
+    def _add_range(self, name: str, part: PageRange) -> None:
+        assembly = self.assemblies.get(name)
+        if assembly is None:  # the first range: queue the rest of the file
+            path = self.paths[name]
+            assembly = self.assemblies[name] = _Assembly(path, part.content_hash, part.page_count)
+            for start in range(part.start + len(part.texts), part.page_count, self.pages_per_task):
+                self._submit(name, _worker_range, name, path, start, start + self.pages_per_task)
+        assembly.parts.append(part)
+        if assembly.complete:
+            del self.assemblies[name]
+            self._submit(name, _worker_chunk, name, assembly.path, assembly.content_hash, assembly.parts)
+
+
+# -- worker side: one chunker and the settings per process, made by the pool initializer -------------------
+_worker_state: dict = {}
+
+
+def _worker_init(tokenizer_path: str, settings: Settings) -> None:
+    _worker_state["chunker"] = Chunker(tokenizer_path, settings.chunking).load()
+    _worker_state["settings"] = settings
+
+
+def _worker_first(name: str, path: Path, pages_per_task: int) -> ParsedFile | PageRange | FileFailure:
+    """A short file whole (parsed and chunked), or the first range of a long one."""
+    settings: Settings = _worker_state["settings"]
+
+    def first() -> ParsedFile | PageRange:
+        key = _file_key(path)
+        pdf = OpenPdf(path, settings.ingest)
+        if pdf.page_count > pages_per_task:
+            _worker_state["open"] = (key, pdf)  # this worker may get more ranges of it
+            return pdf.read(0, pages_per_task)
+        part = pdf.read()
+        document = assemble_document(path, part.content_hash, [part], settings.ingest)
+        return _chunked(_worker_state["chunker"], name, path, document)
+
+    return _guarded(name, first)
+
+
+def _worker_range(name: str, path: Path, start: int, stop: int) -> PageRange | FileFailure:
+    return _guarded(name, lambda: _worker_open(path).read(start, stop))
+
+
+def _worker_open(path: Path) -> OpenPdf:
+    """The worker's open copy of ``path``, reopened when the file's size or mtime changed; one file at a time
+    (the ranges of a file are queued together)."""
+    key = _file_key(path)
+    cached = _worker_state.get("open")
+    if cached is None or cached[0] != key:
+        _worker_state["open"] = None  # drop the previous file before reading the next
+        _worker_state["open"] = (key, OpenPdf(path, _worker_state["settings"].ingest))
+    return _worker_state["open"][1]
+
+
+def _worker_chunk(name: str, path: Path, content_hash: str, parts: list[PageRange]) -> ParsedFile | FileFailure:
+    settings: Settings = _worker_state["settings"]
+    return _guarded(
+        name, lambda: _chunked(_worker_state["chunker"], name, path,
+                               assemble_document(path, content_hash, parts, settings.ingest)),
+    )
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    """Taken before the file is read: a rewrite after it makes the next range reopen the file (and the
+    content hashes of the ranges then disagree, which ``assemble_document`` refuses)."""
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+# -- shared ------------------------------------------------------------------------------------------------
+def _parse_whole(chunker: Chunker, settings: Settings, name: str, path: Path) -> ParsedFile:
+    part = read_page_range(path, settings.ingest)
+    return _chunked(chunker, name, path, assemble_document(path, part.content_hash, [part], settings.ingest))
+
+
+def _chunked(chunker: Chunker, name: str, path: Path, document) -> ParsedFile:
+    chunks = chunker.chunk(document, name)
+    if not chunks:
+        raise PdfError("no text to index after extraction")
+    return ParsedFile(name, document.content_hash, len(document.pages), path.stat().st_size, chunks)
+
+
+def _guarded(name: str, work):
+    """``work()``, with any failure turned into a FileFailure for ``name``: one bad file never stops a run."""
+    try:
+        return work()
+    except PdfError as error:
+        return FileFailure(path=name, reason=str(error))
+    except Exception as error:  # noqa: BLE001 - pypdf raises many types for broken files
+        return FileFailure(path=name, reason=f"unexpected error: {type(error).__name__}: {error}")
