@@ -222,8 +222,11 @@ _stage_state: dict[str, Any] = {}
 def _stage_worker_init(embedder_path: str, settings) -> None:
     from rag.chunking import Chunker
 
+    from rag.pdf_parsing import LastOpenPdf
+
     _stage_state["chunker"] = Chunker(embedder_path, settings.chunking).load()
     _stage_state["settings"] = settings
+    _stage_state["open"] = LastOpenPdf(settings.ingest)  # as the pipeline's workers keep one file open
 
 
 def _stage_noop(_: int) -> None:
@@ -233,17 +236,11 @@ def _stage_noop(_: int) -> None:
 def _stage_parse(task: tuple[Path, int, int]):
     """One range task, as the pipeline's workers run it; None for a file that cannot be read."""
     from rag.errors import PdfError
-    from rag.pdf_parsing import OpenPdf
 
     path, start, stop = task
     try:
-        if _stage_state.get("open_path") != path:  # the pipeline's workers keep one file open between ranges
-            _stage_state["open"] = None
-            _stage_state["open"] = OpenPdf(path, _stage_state["settings"].ingest)
-            _stage_state["open_path"] = path
-        return _stage_state["open"].read(start, stop)
+        return _stage_state["open"].get(path).read(start, stop)
     except PdfError:
-        _stage_state["open_path"] = None
         return None
 
 

@@ -233,9 +233,10 @@ async def evaluate(
                 else:
                     runtime = runtime_for_index(base, set_settings)
             try:
-                entry = _set_entry(eval_set, args, runtime)
+                items = sample(eval_set.items, args.limit, args.seed)
+                entry = _set_entry(eval_set, items, args, runtime)
                 report["sets"].append(entry)
-                await _evaluate_set(entry, eval_set, runtime, pipelines, needs_index, args,
+                await _evaluate_set(entry, eval_set, items, runtime, pipelines, needs_index, args,
                                     lambda: checkpoint(report) if checkpoint else None)
             finally:
                 if runtime is not None and runtime is not base:
@@ -246,9 +247,10 @@ async def evaluate(
     return report
 
 
-def _set_entry(eval_set: EvalSet, args: argparse.Namespace, runtime: "Runtime | None") -> dict[str, Any]:
-    """A set's report entry, before any pipeline ran."""
-    items = sample(eval_set.items, args.limit, args.seed)
+def _set_entry(
+    eval_set: EvalSet, items: list[QAItem], args: argparse.Namespace, runtime: "Runtime | None"
+) -> dict[str, Any]:
+    """A set's report entry for the sampled ``items``, before any pipeline ran."""
     n_answerable = sum(item.answerable for item in items)
     return {
         "name": eval_set.name,
@@ -266,11 +268,10 @@ def _set_entry(eval_set: EvalSet, args: argparse.Namespace, runtime: "Runtime | 
 
 
 async def _evaluate_set(
-    entry: dict[str, Any], eval_set: EvalSet, runtime: "Runtime | None", pipelines: tuple[str, ...],
-    needs_index: bool, args: argparse.Namespace, checkpoint: Callable[[], Any],
+    entry: dict[str, Any], eval_set: EvalSet, items: list[QAItem], runtime: "Runtime | None",
+    pipelines: tuple[str, ...], needs_index: bool, args: argparse.Namespace, checkpoint: Callable[[], Any],
 ) -> None:
-    """Fill ``entry`` (from ``_set_entry``) with each pipeline's result, checkpointing after each."""
-    items = sample(eval_set.items, args.limit, args.seed)
+    """Fill ``entry`` (from ``_set_entry``) with each pipeline's result on ``items``, checkpointing after each."""
     if needs_index and runtime is not None:
         entry["ingest"] = await asyncio.to_thread(_ingest, runtime, eval_set)
     for name in pipelines:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rag.chunking import Chunker
 from rag.errors import PdfError
-from rag.pdf_parsing import OpenPdf, assemble_document, read_page_range
+from rag.pdf_parsing import LastOpenPdf, assemble_document, guarded, parse_pdf
 from rag.settings import Settings
 from rag.types import Chunk, FileFailure, PageRange
 
@@ -43,7 +43,7 @@ def parse_files(
     if workers <= 1 or not files:
         chunker = Chunker(tokenizer_path, settings.chunking).load()
         for name, path in files:
-            yield _guarded(name, lambda: _parse_whole(chunker, settings, name, path))
+            yield guarded(name, lambda: _chunked(chunker, name, path, parse_pdf(path, settings.ingest)))
         return
     # Largest files first, so that their ranges are queued early and no big file finishes last.
     ordered = sorted(files, key=lambda f: f[1].stat().st_size, reverse=True)
@@ -120,73 +120,39 @@ _worker_state: dict = {}
 def _worker_init(tokenizer_path: str, settings: Settings) -> None:
     _worker_state["chunker"] = Chunker(tokenizer_path, settings.chunking).load()
     _worker_state["settings"] = settings
+    _worker_state["open"] = LastOpenPdf(settings.ingest)  # the ranges of a file are queued together
 
 
 def _worker_first(name: str, path: Path, pages_per_task: int) -> ParsedFile | PageRange | FileFailure:
-    """A short file whole (parsed and chunked), or the first range of a long one."""
+    """A short file whole (parsed and chunked), or the first range of a long one (kept open for more)."""
     settings: Settings = _worker_state["settings"]
 
     def first() -> ParsedFile | PageRange:
-        key = _file_key(path)
-        pdf = OpenPdf(path, settings.ingest)
+        pdf = _worker_state["open"].get(path)
         if pdf.page_count > pages_per_task:
-            _worker_state["open"] = (key, pdf)  # this worker may get more ranges of it
             return pdf.read(0, pages_per_task)
         part = pdf.read()
         document = assemble_document(path, part.content_hash, [part], settings.ingest)
         return _chunked(_worker_state["chunker"], name, path, document)
 
-    return _guarded(name, first)
+    return guarded(name, first)
 
 
 def _worker_range(name: str, path: Path, start: int, stop: int) -> PageRange | FileFailure:
-    return _guarded(name, lambda: _worker_open(path).read(start, stop))
-
-
-def _worker_open(path: Path) -> OpenPdf:
-    """The worker's open copy of ``path``, reopened when the file's size or mtime changed; one file at a time
-    (the ranges of a file are queued together)."""
-    key = _file_key(path)
-    cached = _worker_state.get("open")
-    if cached is None or cached[0] != key:
-        _worker_state["open"] = None  # drop the previous file before reading the next
-        _worker_state["open"] = (key, OpenPdf(path, _worker_state["settings"].ingest))
-    return _worker_state["open"][1]
+    return guarded(name, lambda: _worker_state["open"].get(path).read(start, stop))
 
 
 def _worker_chunk(name: str, path: Path, content_hash: str, parts: list[PageRange]) -> ParsedFile | FileFailure:
     settings: Settings = _worker_state["settings"]
-    return _guarded(
+    return guarded(
         name, lambda: _chunked(_worker_state["chunker"], name, path,
                                assemble_document(path, content_hash, parts, settings.ingest)),
     )
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
-    """Taken before the file is read: a rewrite after it makes the next range reopen the file (and the
-    content hashes of the ranges then disagree, which ``assemble_document`` refuses)."""
-    stat = path.stat()
-    return str(path), stat.st_size, stat.st_mtime_ns
-
-
 # -- shared ------------------------------------------------------------------------------------------------
-def _parse_whole(chunker: Chunker, settings: Settings, name: str, path: Path) -> ParsedFile:
-    part = read_page_range(path, settings.ingest)
-    return _chunked(chunker, name, path, assemble_document(path, part.content_hash, [part], settings.ingest))
-
-
 def _chunked(chunker: Chunker, name: str, path: Path, document) -> ParsedFile:
     chunks = chunker.chunk(document, name)
     if not chunks:
         raise PdfError("no text to index after extraction")
     return ParsedFile(name, document.content_hash, len(document.pages), path.stat().st_size, chunks)
-
-
-def _guarded(name: str, work):
-    """``work()``, with any failure turned into a FileFailure for ``name``: one bad file never stops a run."""
-    try:
-        return work()
-    except PdfError as error:
-        return FileFailure(path=name, reason=str(error))
-    except Exception as error:  # noqa: BLE001 - pypdf raises many types for broken files
-        return FileFailure(path=name, reason=f"unexpected error: {type(error).__name__}: {error}")

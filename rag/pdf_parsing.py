@@ -11,9 +11,10 @@ import io
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pypdf
 from pypdf import PasswordType, PdfReader
@@ -31,6 +32,8 @@ _HEADER_WINDOW = 1024  # readers accept the %PDF- marker anywhere in the first 1
 # structure-tree array. Ten times the default still bounds memory on hostile files.
 ARRAY_LIMIT = 1_000_000
 _NOISY_LOGGERS = ("pypdf", "fontTools")
+
+T = TypeVar("T")
 
 NO_TEXT_LAYER = "no text layer (image-only or scanned PDF; OCR is not supported)"
 
@@ -85,6 +88,25 @@ class OpenPdf:
         )
 
 
+class LastOpenPdf:
+    """Keeps the last PDF opened, for a worker that extracts several ranges of one file in a row; a file whose
+    size or mtime changed since is opened again (the ranges' content hashes then disagree, and
+    ``assemble_document`` refuses them)."""
+
+    def __init__(self, settings: IngestSettings):
+        self.settings = settings
+        self._key: tuple[str, int, int] | None = None
+        self._pdf: OpenPdf | None = None
+
+    def get(self, path: Path) -> OpenPdf:
+        stat = Path(path).stat()  # taken before the file is read
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if self._pdf is None or self._key != key:
+            self._key, self._pdf = None, None  # drop the previous file before reading the next
+            self._pdf, self._key = OpenPdf(path, self.settings), key
+        return self._pdf
+
+
 def read_page_range(path: Path, settings: IngestSettings, start: int = 0, stop: int | None = None) -> PageRange:
     """``OpenPdf(path, settings).read(start, stop)``; raises PdfError for a file that cannot be opened."""
     return OpenPdf(path, settings).read(start, stop)
@@ -122,12 +144,17 @@ def assemble_document(path: Path, content_hash: str, parts: list[PageRange], set
 
 def parse_pdf_safe(path: Path, settings: IngestSettings) -> ParsedDocument | FileFailure:
     """``parse_pdf`` that never raises for a bad file: failures come back as a ``FileFailure``."""
+    return guarded(str(path), lambda: parse_pdf(path, settings))
+
+
+def guarded(name: str, work: Callable[[], T]) -> T | FileFailure:
+    """``work()``, with any failure turned into a FileFailure for ``name``: one bad file never stops a run."""
     try:
-        return parse_pdf(path, settings)
+        return work()
     except PdfError as error:
-        return FileFailure(path=str(path), reason=str(error))
-    except Exception as error:  # noqa: BLE001 - one bad file must not kill the ingest run
-        return FileFailure(path=str(path), reason=f"unexpected error: {type(error).__name__}: {error}")
+        return FileFailure(path=name, reason=str(error))
+    except Exception as error:  # noqa: BLE001 - pypdf raises many types for broken files
+        return FileFailure(path=name, reason=f"unexpected error: {type(error).__name__}: {error}")
 
 
 def normalize_text(text: str) -> str:
