@@ -18,9 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import require_api_key
 from api.routes import documents, health, openai_compat, query
-from rag.batching import GenerationTimeout, Overloaded
-from rag.factory import Runtime
-from rag.index import IndexBusy
+from rag.answering.batching import GenerationTimeout, Overloaded
+from rag.runtime import Runtime
+from rag.indexing.index import IndexBusy
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)

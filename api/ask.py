@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
 
-    from rag.factory import Runtime, quiet_libraries
-    from rag.index import DocumentIndex
+    from rag.runtime import Runtime, quiet_libraries
+    from rag.indexing.index import DocumentIndex
     from rag.settings import Settings
 
     quiet_libraries()

@@ -1,7 +1,7 @@
 """Request dependencies as ``Annotated`` aliases; tests swap them through ``app.dependency_overrides``.
 
 Everything comes from ``app.state``, filled by the app's lifespan: ``settings``, ``runtime`` (a started
-``rag.factory.Runtime``) and ``upload_lock`` (serialises uploads within this process).
+``rag.runtime.Runtime``) and ``upload_lock`` (serialises uploads within this process).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.schemas import ChatCompletionRequest, QueryRequest, check_limits
-from rag.answering import AnswerService
-from rag.factory import Runtime
+from rag.answering.service import AnswerService
+from rag.runtime import Runtime
 from rag.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the service runs with api.api_key set.")

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
-    from rag.factory import quiet_libraries
+    from rag.runtime import quiet_libraries
 
     quiet_libraries()
 

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from rag.settings import Settings
-from rag.store import DocumentRecord
+from rag.indexing.store import DocumentRecord
 from rag.types import Answer, Citation
 
 TopK = Annotated[StrictInt, Field(ge=1, le=50, description="Passages handed to the generator (default: settings).")]

@@ -19,7 +19,7 @@ def machine_info() -> dict[str, Any]:
     import faiss
     import torch
 
-    from rag.vector_index import gpu_count
+    from rag.indexing.vector_index import gpu_count
 
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return {

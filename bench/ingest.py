@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no PDF files under {docs} (for the manuals corpus run `bash bench/fetch_manuals.sh`)")
         corpora.append((docs, files[: args.quick] if args.quick else files))
 
-    from rag.factory import load_embedder, quiet_libraries
+    from rag.runtime import load_embedder, quiet_libraries
     from rag.settings import Settings
 
     quiet_libraries()
@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_ours(settings, embedder, embedder_path: str, docs: Path, index_dir: Path) -> dict[str, Any]:
     """Our ingest into a fresh index, then an unchanged rerun; stage seconds from the IngestReport."""
-    from rag.chunking import token_counter
-    from rag.factory import make_ingestor
-    from rag.index import DocumentIndex
+    from rag.ingestion.chunking import token_counter
+    from rag.runtime import make_ingestor
+    from rag.indexing.index import DocumentIndex
 
     settings = settings.model_copy(deep=True)
     settings.index.path = index_dir
@@ -179,7 +179,7 @@ def run_ours(settings, embedder, embedder_path: str, docs: Path, index_dir: Path
 def run_stage_split(settings, embedder_path: str, files: list[Path], workers: int) -> dict[str, Any]:
     """Parse, then chunk, alone, in a pool like the pipeline's: the parse phase runs the pipeline's page-range
     tasks (``ingest.pages_per_task``), the chunk phase one task per document; each phase is timed on its own."""
-    from rag.ingestion import PARALLEL_MIN_BYTES
+    from rag.ingestion.ingestor import PARALLEL_MIN_BYTES
 
     n = min(workers, len(files))
     if sum(f.stat().st_size for f in files) < PARALLEL_MIN_BYTES:
@@ -220,9 +220,9 @@ _stage_state: dict[str, Any] = {}
 
 
 def _stage_worker_init(embedder_path: str, settings) -> None:
-    from rag.chunking import Chunker
+    from rag.ingestion.chunking import Chunker
 
-    from rag.pdf_parsing import LastOpenPdf
+    from rag.ingestion.pdf_parsing import LastOpenPdf
 
     _stage_state["chunker"] = Chunker(embedder_path, settings.chunking).load()
     _stage_state["settings"] = settings
@@ -255,7 +255,7 @@ def _stage_docs(tasks, parts) -> list[tuple[Path, list]]:
 def _stage_chunk(doc: tuple[Path, list]) -> tuple[int, int]:
     """(pages, chunks) of one document: its ranges joined, then chunked; (0, 0) when it is refused."""
     from rag.errors import PdfError
-    from rag.pdf_parsing import assemble_document
+    from rag.ingestion.pdf_parsing import assemble_document
 
     path, ranges = doc
     try:
@@ -272,7 +272,7 @@ def run_baseline(docs: Path, embedder, embedder_path: str) -> dict[str, Any]:
     """The LangChain-docs ingest (rag.evaluation.baseline) with each stage timed."""
     from langchain_core.embeddings import Embeddings
 
-    from rag.chunking import token_counter
+    from rag.ingestion.chunking import token_counter
     from rag.evaluation.baseline import EmbedderAdapter, load_pages, split_pages
 
     with warnings.catch_warnings():
@@ -386,11 +386,11 @@ def _extract_range(task: tuple[Path, int, int]) -> tuple[int, int]:
 
 
 def _pypdf_limits():
-    """The array limit rag.pdf_parsing reads with (real 10-Q filings exceed pypdf's default); a context
+    """The array limit rag.ingestion.pdf_parsing reads with (real 10-Q filings exceed pypdf's default); a context
     manager, as pypdf's configuration is."""
     import pypdf
 
-    from rag.pdf_parsing import ARRAY_LIMIT
+    from rag.ingestion.pdf_parsing import ARRAY_LIMIT
 
     return pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT)
 

@@ -1,7 +1,7 @@
 """The naive server for bench.serve: our /v1/query without dynamic batching.
 
 Everything but generation is the real service: the same route (api.routes.query: JSON and server-sent
-events), the same retrieval, relevance gate, prompt and verification (``rag.answering.AnswerService``). Only
+events), the same retrieval, relevance gate, prompt and verification (``rag.answering.service.AnswerService``). Only
 the batcher is swapped, through ``app.dependency_overrides``, for ``SerialGenerator``: one ``generate`` call
 per request, one request at a time behind a lock. The ratio of the two servers' requests/s is then what
 dynamic batching buys.
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from rag.factory import Runtime
-    from rag.generation import GenerationResult, TransformersGenerator
+    from rag.runtime import Runtime
+    from rag.answering.generation import GenerationResult, TransformersGenerator
     from rag.settings import Settings
 
 
@@ -41,7 +41,7 @@ class SerialGenerator:
         self, prompt: str, max_new_tokens: int, timeout_s: float | None = None
     ) -> AsyncIterator["str | GenerationResult"]:
         """Text deltas, then the GenerationResult; GenerationTimeout past ``timeout_s`` (waiting included)."""
-        from rag.batching import GenerationTimeout
+        from rag.answering.batching import GenerationTimeout
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -86,8 +86,8 @@ def create_naive_app(settings: "Settings", runtime: "Runtime") -> "FastAPI":
 
     from api.deps import get_answers
     from api.routes import health, query
-    from rag.answering import AnswerService
-    from rag.batching import GenerationTimeout
+    from rag.answering.service import AnswerService
+    from rag.answering.batching import GenerationTimeout
 
     if runtime.answers is None or runtime.llm is None:
         raise ValueError("the naive server needs a Runtime started with its generator")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no index at {args.index}: run `rag-ingest DOCS_DIR --index {args.index}` first")
     import uvicorn
 
-    from rag.factory import Runtime, quiet_libraries
+    from rag.runtime import Runtime, quiet_libraries
     from rag.settings import Settings
 
     quiet_libraries()

@@ -1,4 +1,4 @@
-"""Vector search: exact (flat) vs IVF vs HNSW, CPU vs GPU, through our ``rag.vector_index.VectorIndex``.
+"""Vector search: exact (flat) vs IVF vs HNSW, CPU vs GPU, through our ``rag.indexing.vector_index.VectorIndex``.
 
 Data: synthetic unit vectors with cluster structure, not real embeddings. ``--clusters`` centres are drawn
 uniformly on the unit sphere; each vector is a random centre plus Gaussian noise of total norm about
@@ -6,7 +6,7 @@ uniformly on the unit sphere; each vector is a random centre plus Gaussian noise
 about 0), then normalised. Queries are fresh draws from the same mixture, never database vectors. Seeded, so
 every run searches the same data.
 
-For each size, kind (flat, ivf, hnsw) and device (cpu; gpu when ``rag.vector_index.gpu_count() > 0``):
+For each size, kind (flat, ivf, hnsw) and device (cpu; gpu when ``rag.indexing.vector_index.gpu_count() > 0``):
 build seconds (``VectorIndex.build``), queries/s at batch 1 and at batch ``--batch`` (256), p50/p95 latency
 per query at batch 1, and recall@10 against the exact CPU search of the same queries. IVF and HNSW take
 their parameters from ``IndexSettings`` (nlist 4*sqrt(n), nprobe 32; M 32, efSearch 128) unless overridden.
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads must be >= 1")
 
     from rag.settings import IndexSettings
-    from rag.vector_index import gpu_count
+    from rag.indexing.vector_index import gpu_count
 
     info = machine_info()
     print_header("vector search: flat vs IVF vs HNSW, CPU vs GPU", info)
@@ -164,7 +164,7 @@ def _ordered(kinds: list[str]) -> list[str]:
 
 
 def _build(ids: np.ndarray, data: np.ndarray, settings, dim: int, kind: str):
-    from rag.vector_index import VectorIndex
+    from rag.indexing.vector_index import VectorIndex
 
     index = VectorIndex.build(ids, data, settings, dim)
     if index.kind != kind:  # VectorIndex falls back to flat when there are too few vectors to train IVF

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         parser.error(f"--questions: {exc}")
 
-    from rag.factory import quiet_libraries
+    from rag.runtime import quiet_libraries
 
     quiet_libraries()
     info = machine_info()
@@ -160,7 +160,7 @@ class LocalServers:
     """One started Runtime (over --index, or an index built from --docs) behind our app and the naive one."""
 
     def __init__(self, args: argparse.Namespace, tmp: Path):
-        from rag.factory import Runtime
+        from rag.runtime import Runtime
         from rag.settings import Settings
 
         settings = Settings()
@@ -248,8 +248,8 @@ def _free_port() -> int:
 
 
 def _ingest(settings, docs: Path):
-    from rag.factory import make_ingestor
-    from rag.index import DocumentIndex
+    from rag.runtime import make_ingestor
+    from rag.indexing.index import DocumentIndex
 
     index = DocumentIndex.open(settings.index.path, settings.index, create=True)
     try:

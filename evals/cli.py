@@ -27,11 +27,11 @@ from rag.evaluation.runner import (
     DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, EvalResult, Evaluator, HttpPipeline, OursPipeline, Pipeline,
     QuestionRecord, best_point, close_shared, default_grid, open_gates, runtime_for_index, sweep_thresholds,
 )
-from rag.index import IndexBusy, IndexIncompatible
+from rag.indexing.index import IndexBusy, IndexIncompatible
 from rag.settings import Settings
 
 if TYPE_CHECKING:
-    from rag.factory import Runtime
+    from rag.runtime import Runtime
 
 EXIT_OK = 0  # every set evaluated (and at or above the floor, when one was given)
 EXIT_BELOW_FLOOR = 1  # ours' grounded accuracy is below --min-grounded-accuracy on some set
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from rag.factory import quiet_libraries
+    from rag.runtime import quiet_libraries
 
     quiet_libraries()
     try:
@@ -202,7 +202,7 @@ async def evaluate(
     ``checkpoint`` gets the report so far after each pipeline finishes, so a run stopped midway keeps what
     it measured.
     """
-    from rag.factory import Runtime
+    from rag.runtime import Runtime
 
     pipelines = PIPELINES[args.pipeline]
     ours_in_process = "ours" in pipelines and not args.url

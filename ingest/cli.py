@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from rag.errors import ModelUnavailable, RagError, UsageError
-from rag.index import DocumentIndex, IndexBusy, IndexIncompatible
+from rag.indexing.index import DocumentIndex, IndexBusy, IndexIncompatible
 from rag.settings import Settings
 from rag.types import IngestReport
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from rag.factory import quiet_libraries
+    from rag.runtime import quiet_libraries
 
     quiet_libraries()
     try:
@@ -88,8 +88,8 @@ def run(settings: Settings, docs_dir: Path, rebuild: bool = False, show_progress
     """Ingest ``docs_dir`` into the index named by settings; returns the report."""
     from tqdm import tqdm
 
-    from rag.factory import make_ingestor
-    from rag.ingestion import find_pdfs
+    from rag.runtime import make_ingestor
+    from rag.ingestion.ingestor import find_pdfs
 
     files = find_pdfs(docs_dir)  # fail on a missing or empty folder before loading any model
     index = DocumentIndex.open(settings.index.path, settings.index, create=True)

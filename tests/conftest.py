@@ -51,7 +51,7 @@ def small_docs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedder_bundle():
     """(loaded embedder, its path), once per session."""
-    from rag.factory import load_embedder
+    from rag.runtime import load_embedder
 
     return load_embedder(Settings())
 
@@ -59,8 +59,8 @@ def embedder_bundle():
 @pytest.fixture(scope="session")
 def small_index(tmp_path_factory, small_docs, embedder_bundle) -> Settings:
     """Settings pointing at a real index of ``small_docs`` (real embedder, real FAISS, real SQLite)."""
-    from rag.factory import make_ingestor
-    from rag.index import DocumentIndex
+    from rag.runtime import make_ingestor
+    from rag.indexing.index import DocumentIndex
 
     settings = make_settings(tmp_path_factory.mktemp("small_index") / "index")
     index = DocumentIndex.open(settings.index.path, settings.index, create=True)
@@ -73,7 +73,7 @@ def small_index(tmp_path_factory, small_docs, embedder_bundle) -> Settings:
 @pytest.fixture(scope="session")
 def runtime(small_index):
     """A started Runtime (embedder, index, generator, batcher, pipeline) over the small index."""
-    from rag.factory import Runtime
+    from rag.runtime import Runtime
 
     rt = Runtime(small_index).start()
     yield rt

@@ -18,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from rag.answering import AnswerService
-from rag.batching import BatchingGenerator, GenerationTimeout, Overloaded
-from rag.factory import Runtime, make_ingestor
-from rag.index import DocumentIndex, IndexBusy
-from rag.retrieval import HybridRetriever
+from rag.answering.service import AnswerService
+from rag.answering.batching import BatchingGenerator, GenerationTimeout, Overloaded
+from rag.runtime import Runtime, make_ingestor
+from rag.indexing.index import DocumentIndex, IndexBusy
+from rag.answering.retrieval import HybridRetriever
 from tests import pdf_factory
 from tests.conftest import eval_set, make_settings
 

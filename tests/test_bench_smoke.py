@@ -63,7 +63,7 @@ def test_ingest_rejects_a_folder_without_pdfs(tmp_path):
 
 
 def test_search_quick(tmp_path):
-    from rag.vector_index import gpu_count
+    from rag.indexing.vector_index import gpu_count
 
     stdout, figures = run_bench("search", ["--quick"], tmp_path / "search.json", 300)
     cpu_rows = [r for r in figures["rows"] if r["device"] == "cpu"]

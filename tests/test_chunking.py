@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.chunking import Chunker, join_pages, token_counter
+from rag.ingestion.chunking import Chunker, join_pages, token_counter
 from rag.models import resolve_embedder
 from rag.settings import ChunkingSettings, ModelSettings
 from rag.types import Page, ParsedDocument

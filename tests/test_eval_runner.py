@@ -288,7 +288,7 @@ def load_pages_of(docs: Path, name: str, load_pages):
 def test_runtime_for_index_shares_the_models_of_the_first_set(small_index, tmp_path):
     """A second set's runtime reuses the loaded models, has its own index, and closing it spares the base."""
     from rag.evaluation.runner import close_shared, runtime_for_index
-    from rag.factory import Runtime
+    from rag.runtime import Runtime
     from tests.conftest import make_settings
 
     docs = tmp_path / "docs"

@@ -1,4 +1,4 @@
-"""Generation (rag.generation) and dynamic batching (rag.batching).
+"""Generation (rag.answering.generation) and dynamic batching (rag.answering.batching).
 
 Two tiers: queueing logic against a tiny fake generator (the fake only stands in for the model's latency and
 results), and the real Qwen2.5-Coder-0.5B model under the ``e2e`` marker, kept to short prompts and a few new
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from rag.batching import BatchingGenerator, GenerationTimeout, Overloaded
-from rag.generation import BatchTextStreamer, GenerationResult, TransformersGenerator, _cut_row
+from rag.answering.batching import BatchingGenerator, GenerationTimeout, Overloaded
+from rag.answering.generation import BatchTextStreamer, GenerationResult, TransformersGenerator, _cut_row
 from rag.settings import GenerationSettings, ModelSettings
 
 

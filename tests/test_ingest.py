@@ -12,8 +12,8 @@ import pytest
 from pypdf import PdfReader, PdfWriter
 
 from rag.evaluation.dataset import load_qa
-from rag.index import DocumentIndex, IndexIncompatible
-from rag.factory import make_ingestor
+from rag.indexing.index import DocumentIndex, IndexIncompatible
+from rag.runtime import make_ingestor
 from tests import pdf_factory
 from tests.conftest import REPO, eval_set, make_settings
 

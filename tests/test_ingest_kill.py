@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.factory import make_ingestor
-from rag.index import STORE_FILE, DocumentIndex
+from rag.runtime import make_ingestor
+from rag.indexing.index import STORE_FILE, DocumentIndex
 from tests.conftest import REPO, eval_set, make_settings
 
 FIRST = ("1973_oil_crisis.pdf",)
@@ -27,8 +27,8 @@ CHILD_ENV = {"RAG_INGEST__CHECKPOINT_SECONDS": "0", "RAG_INGEST__EMBED_BATCH_SIZ
 # A child that dies at the worst moment: the next FAISS file renamed into place, the store not yet committed.
 DIE_BEFORE_COMMIT = """
 import os, signal, sys
-import rag.index
-rag.index._fsync_dir = lambda path: os.kill(os.getpid(), signal.SIGKILL)
+import rag.indexing.index
+rag.indexing.index._fsync_dir = lambda path: os.kill(os.getpid(), signal.SIGKILL)
 from ingest.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -8,9 +8,9 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
-from rag.index import DocumentIndex
-from rag.langchain_retriever import RagRetriever
-from rag.retrieval import HybridRetriever
+from rag.indexing.index import DocumentIndex
+from rag.answering.langchain_retriever import RagRetriever
+from rag.answering.retrieval import HybridRetriever
 
 CANARY_QUESTION = "What continent are the Canarian Islands off the coast of?"  # squad2-dev: Normans.pdf, page 6
 

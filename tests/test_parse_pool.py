@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rag.errors import PdfError
-from rag.parse_pool import ParsedFile, parse_files
-from rag.pdf_parsing import assemble_document, read_page_range
+from rag.ingestion.parse_pool import ParsedFile, parse_files
+from rag.ingestion.pdf_parsing import assemble_document, read_page_range
 from rag.settings import IngestSettings, Settings
 from rag.types import FileFailure
 from tests import pdf_factory
@@ -75,7 +75,7 @@ def test_ranges_of_two_versions_of_a_file_are_refused(tmp_path):
 
 
 def test_a_worker_reopens_a_file_rewritten_between_its_ranges(tmp_path, embedder_bundle):
-    from rag import parse_pool
+    from rag.ingestion import parse_pool
 
     path = pdf_factory.text_pdf(tmp_path / "a.pdf", ["one", "two", "three", "four"])
     parse_pool._worker_init(embedder_bundle[1], Settings())

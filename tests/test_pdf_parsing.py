@@ -1,4 +1,4 @@
-"""rag.pdf_parsing on real PDFs (squad2-dev articles, SEC 10-Q filings) and on a corpus of broken files."""
+"""rag.ingestion.pdf_parsing on real PDFs (squad2-dev articles, SEC 10-Q filings) and on a corpus of broken files."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pypdf
 import pytest
 from pypdf import PdfReader
 
-from rag import pdf_parsing
+from rag.ingestion import pdf_parsing
 from rag.errors import PdfError
-from rag.pdf_parsing import normalize_text, parse_pdf, parse_pdf_safe, sha256_file
+from rag.ingestion.pdf_parsing import normalize_text, parse_pdf, parse_pdf_safe, sha256_file
 from rag.settings import IngestSettings
 from rag.types import FileFailure, ParsedDocument
 from tests.conftest import eval_set
@@ -148,7 +148,7 @@ def test_owner_only_encryption_ingests(tmp_path, source_pdf):
 
 def test_one_broken_page_becomes_empty_with_a_warning(tmp_path, caplog):
     path = broken_page_pdf(tmp_path / "broken.pdf", ["page one", "page two", "page three"], broken={2})
-    with caplog.at_level(logging.WARNING, logger="rag.pdf_parsing"):
+    with caplog.at_level(logging.WARNING, logger="rag.ingestion.pdf_parsing"):
         doc = parse_pdf(path, SETTINGS)
     assert [(page.number, page.text) for page in doc.pages] == [(1, "page one"), (2, ""), (3, "page three")]
     assert "failed on 1 of 3 pages" in caplog.text
@@ -237,7 +237,7 @@ def test_every_sec_10q_parses(caplog):
     assert len(paths) == 20
     pages = 0
     start = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="rag.pdf_parsing"):
+    with caplog.at_level(logging.WARNING, logger="rag.ingestion.pdf_parsing"):
         for path in paths:
             doc = parse_pdf(path, SETTINGS)
             with pypdf.apply_configuration(array_maximum_element_count=1_000_000):  # MSFT filings exceed 100k

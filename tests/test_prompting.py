@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from rag.prompting import (
+from rag.answering.prompting import (
     AnswerStream, answer_text, build_messages, cited_numbers, fit_passages, is_abstention,
 )
 from rag.types import Chunk, Passage
-from rag.verification import Verifier, attribute, lexical_support
+from rag.answering.verification import Verifier, attribute, lexical_support
 
 
 def passage(text: str, page: int = 1, cid: int = 1) -> Passage:
@@ -100,7 +100,7 @@ def test_verifier_without_judge_is_lexical():
 
 
 def test_citation_snippet_shows_the_answer():
-    from rag.answering import SNIPPET_CHARS, snippet
+    from rag.answering.service import SNIPPET_CHARS, snippet
 
     text = "filler " * 100 + "the most successful indicator was developed by Charles Porter in 1862. " + "more " * 50
     shown = snippet(text, "Charles Porter")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rag.evaluation.dataset import load_qa
-from rag.factory import make_ingestor
-from rag.index import DocumentIndex
-from rag.retrieval import HybridRetriever, reciprocal_rank_fusion
+from rag.runtime import make_ingestor
+from rag.indexing.index import DocumentIndex
+from rag.answering.retrieval import HybridRetriever, reciprocal_rank_fusion
 from tests.conftest import eval_set, make_settings
 
 

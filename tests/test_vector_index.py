@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rag.settings import IndexSettings
-from rag.vector_index import VectorIndex, choose_kind, gpu_count
+from rag.indexing.vector_index import VectorIndex, choose_kind, gpu_count
 
 DIM = 32
 

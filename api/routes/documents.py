@@ -14,9 +14,9 @@ from fastapi import APIRouter, HTTPException, UploadFile, status
 
 from api.deps import RuntimeDep, SettingsDep, UploadLockDep
 from api.schemas import DocumentOut, ErrorOut, UploadOut
-from rag.factory import Runtime
+from rag.runtime import Runtime
 from rag.settings import Settings
-from rag.store import DocumentRecord
+from rag.indexing.store import DocumentRecord
 from rag.types import IngestReport
 
 router = APIRouter(tags=["documents"])

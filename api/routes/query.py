@@ -11,8 +11,8 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 
 from api.deps import AnswersDep, ValidQuery
 from api.schemas import QueryResponse, TokenEvent
-from rag.answering import AnswerService
-from rag.batching import GenerationTimeout, Overloaded
+from rag.answering.service import AnswerService
+from rag.answering.batching import GenerationTimeout, Overloaded
 from rag.types import Answer
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 PyPDFLoader per PDF, ``RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)``, the same MiniLM
 embeddings, ``FAISS.from_documents``, the top 4 chunks as context (the top 10 are kept for recall@k), and a
 plain prompt through the same generator and batcher. No relevance gate, no verification: an answer counts as
-an abstention only when its text says so (``rag.prompting.is_abstention``). Its citations are the 4 chunks it
+an abstention only when its text says so (``rag.answering.prompting.is_abstention``). Its citations are the 4 chunks it
 was given. LangChain objects stay in this module: the pipeline returns our ``Answer``.
 
 The FAISS store is cached on disk per set (``save_local``/``load_local``) beside a fingerprint of the PDFs
@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
-from rag.embedding import Embedder
+from rag.indexing.embedding import Embedder
 from rag.evaluation.runner import Retrieved
-from rag.pdf_parsing import sha256_file
-from rag.prompting import is_abstention
+from rag.ingestion.pdf_parsing import sha256_file
+from rag.answering.prompting import is_abstention
 from rag.types import Answer, Citation
 
 if TYPE_CHECKING:
     from langchain_community.vectorstores import FAISS
 
-    from rag.batching import BatchingGenerator
-    from rag.factory import Runtime
-    from rag.generation import TransformersGenerator
+    from rag.answering.batching import BatchingGenerator
+    from rag.runtime import Runtime
+    from rag.answering.generation import TransformersGenerator
 
 PROMPT = "Answer the question based only on the following context:\n{context}\n\nQuestion: {question}"
 CHUNK_SIZE = 1000  # characters, as in the LangChain RAG tutorial

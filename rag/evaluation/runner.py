@@ -30,8 +30,8 @@ from rag.settings import Settings
 from rag.types import Answer, Citation
 
 if TYPE_CHECKING:
-    from rag.answering import AnswerService
-    from rag.factory import Runtime
+    from rag.answering.service import AnswerService
+    from rag.runtime import Runtime
 
 Retrieved = tuple[str, int, int]  # (document, page_start, page_end), 1-based pages
 DEFAULT_TIMEOUT_S = 300.0
@@ -328,7 +328,7 @@ def open_gates(runtime: "Runtime") -> "AnswerService":
     Every question is generated and verified, and every answer with a cited passage is kept, with its
     relevance and support recorded: the input ``sweep_thresholds`` needs.
     """
-    from rag.answering import AnswerService
+    from rag.answering.service import AnswerService
 
     if runtime.answers is None:
         raise ValueError("open_gates needs a Runtime started with its generator")
@@ -343,10 +343,10 @@ def runtime_for_index(base: "Runtime", settings: Settings) -> "Runtime":
 
     Close it with ``close_shared(runtime)``, which closes only its index: the batcher belongs to ``base``.
     """
-    from rag.answering import AnswerService
-    from rag.factory import Runtime, make_ingestor
-    from rag.index import DocumentIndex
-    from rag.retrieval import HybridRetriever
+    from rag.answering.service import AnswerService
+    from rag.runtime import Runtime, make_ingestor
+    from rag.indexing.index import DocumentIndex
+    from rag.answering.retrieval import HybridRetriever
 
     if base.embedder is None:
         raise ValueError("runtime_for_index needs a started base Runtime")
@@ -395,7 +395,7 @@ def apply_thresholds(record: QuestionRecord, min_relevance: float, min_support: 
     low_support = record.support is not None and record.support < min_support
     if not (low_relevance or low_support):
         return pred
-    from rag.prompting import ABSTAIN_TEXT
+    from rag.answering.prompting import ABSTAIN_TEXT
 
     reason = "relevance gate (offline)" if low_relevance else "support threshold (offline)"
     abstention = replace(pred.answer, text=ABSTAIN_TEXT, abstained=True, reason=reason, draft=record.answer)

@@ -22,9 +22,9 @@ import numpy as np
 
 from rag.errors import IndexMissing, RagError
 from rag.settings import IndexSettings
-from rag.store import ChunkStore
+from rag.indexing.store import ChunkStore
 from rag.types import Chunk
-from rag.vector_index import VectorIndex, choose_kind
+from rag.indexing.vector_index import VectorIndex, choose_kind
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ ABSTAIN_TEXT = "The documents do not contain the answer."
 
 # Measured on Qwen2.5-Coder-0.5B: asking for "answer, then [n]" at the end of the system prompt made it
 # reply with a bare "[1]"; this answer/source format gives real answers. Citations it omits are attributed
-# from the passages afterwards (rag.verification.attribute).
+# from the passages afterwards (rag.answering.verification.attribute).
 SYSTEM = (
     "Answer the question using only the numbered passages, never your own knowledge. Reply in this format:\n"
     "Answer: <a few words or one sentence, copied from the passages where possible>\n"

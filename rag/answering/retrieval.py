@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from rag.embedding import Embedder
-from rag.index import DocumentIndex
+from rag.indexing.embedding import Embedder
+from rag.indexing.index import DocumentIndex
 from rag.settings import RetrievalSettings
 from rag.types import Chunk, Passage
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from rag.chunking import Chunker
+from rag.ingestion.chunking import Chunker
 from rag.errors import PdfError
-from rag.pdf_parsing import LastOpenPdf, assemble_document, guarded, parse_pdf
+from rag.ingestion.pdf_parsing import LastOpenPdf, assemble_document, guarded, parse_pdf
 from rag.settings import Settings
 from rag.types import Chunk, FileFailure, PageRange
 

@@ -2,7 +2,7 @@
 
 ``TransformersGenerator`` runs a chat model with greedy decoding. ``generate_batch`` merges many prompts into ONE
 ``model.generate`` call (left padding, per-row token budgets, per-row streaming); ``yes_probability`` is a single
-forward pass used as a yes/no judge. The object is not meant to be shared by threads: ``rag.batching`` gives it
+forward pass used as a yes/no judge. The object is not meant to be shared by threads: ``rag.answering.batching`` gives it
 one worker thread (a lock guards it anyway, so a direct caller cannot corrupt a running batch).
 """
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rag.embedding import SentenceTransformerEmbedder
-from rag.ingestion import Ingestor
+from rag.indexing.embedding import SentenceTransformerEmbedder
+from rag.ingestion.ingestor import Ingestor
 from rag.models import resolve_embedder, select_device
 from rag.settings import Settings
 
 if TYPE_CHECKING:
-    from rag.answering import AnswerService
-    from rag.batching import BatchingGenerator
-    from rag.generation import TransformersGenerator
-    from rag.index import DocumentIndex
-    from rag.retrieval import HybridRetriever
+    from rag.answering.service import AnswerService
+    from rag.answering.batching import BatchingGenerator
+    from rag.answering.generation import TransformersGenerator
+    from rag.indexing.index import DocumentIndex
+    from rag.answering.retrieval import HybridRetriever
 
 
 def load_embedder(settings: Settings, load: bool = True) -> tuple[SentenceTransformerEmbedder, str]:
@@ -52,10 +52,10 @@ class Runtime:
         self.answers: AnswerService | None = None
 
     def start(self, with_generator: bool = True) -> "Runtime":
-        from rag.answering import AnswerService
-        from rag.index import DocumentIndex
-        from rag.retrieval import HybridRetriever
-        from rag.verification import Verifier
+        from rag.answering.service import AnswerService
+        from rag.indexing.index import DocumentIndex
+        from rag.answering.retrieval import HybridRetriever
+        from rag.answering.verification import Verifier
 
         s = self.settings
         self.index = DocumentIndex.open(s.index.path, s.index, create=True)
@@ -63,8 +63,8 @@ class Runtime:
         self.ingestor = make_ingestor(s, self.embedder, path)
         self.retriever = HybridRetriever(self.index, self.embedder, s.retrieval).load()
         if with_generator:
-            from rag.batching import BatchingGenerator
-            from rag.generation import TransformersGenerator
+            from rag.answering.batching import BatchingGenerator
+            from rag.answering.generation import TransformersGenerator
             from rag.models import resolve_generator, select_device
 
             self.llm = TransformersGenerator(resolve_generator(s.models), select_device(s.models), s.generation).load()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rag.errors import RagError
-from rag.generation import GenerationResult, Generator, TokenCallback
+from rag.answering.generation import GenerationResult, Generator, TokenCallback
 from rag.settings import GenerationSettings
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rag.chunking import relative_name
-from rag.embedding import SentenceTransformerEmbedder
+from rag.ingestion.chunking import relative_name
+from rag.indexing.embedding import SentenceTransformerEmbedder
 from rag.errors import UsageError
-from rag.index import DocumentIndex, NewDocument, Profile
-from rag.parse_pool import ParsedFile, parse_files
-from rag.pdf_parsing import sha256_file
+from rag.indexing.index import DocumentIndex, NewDocument, Profile
+from rag.ingestion.parse_pool import ParsedFile, parse_files
+from rag.ingestion.pdf_parsing import sha256_file
 from rag.settings import Settings
 from rag.types import FileFailure, IngestReport
 

@@ -12,7 +12,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import Field
 
-from rag.retrieval import HybridRetriever
+from rag.answering.retrieval import HybridRetriever
 from rag.types import Passage
 
 

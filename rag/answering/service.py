@@ -7,17 +7,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from rag.prompting import (
+from rag.answering.prompting import (
     ABSTAIN_TEXT, AnswerStream, answer_text, build_messages, cited_numbers, fit_passages, is_abstention,
 )
-from rag.retrieval import HybridRetriever
+from rag.answering.retrieval import HybridRetriever
 from rag.settings import Settings
 from rag.types import Answer, Citation, Passage
-from rag.verification import Verifier, attribute
+from rag.answering.verification import Verifier, attribute
 
 if TYPE_CHECKING:
-    from rag.batching import BatchingGenerator
-    from rag.generation import TransformersGenerator
+    from rag.answering.batching import BatchingGenerator
+    from rag.answering.generation import TransformersGenerator
 
 SNIPPET_CHARS = 300
 
