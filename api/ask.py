@@ -69,13 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(answer), indent=2))
     else:
         print(("Abstained: " if answer.abstained else "") + answer.text)
+        if answer.confidence is not None:
+            print(f"  (confidence {answer.confidence:.2f})")
         if answer.reason:
             print(f"  ({answer.reason})")
-        label = "Nearest evidence" if answer.abstained else "Sources"
+        label = "Nearest evidence (not sources)" if answer.abstained else "Quotes"
         print(f"{label}:")
-        for c in answer.citations:
-            pages = f"p. {c.page_start}" if c.page_start == c.page_end else f"pp. {c.page_start}-{c.page_end}"
-            print(f"  - {c.document}, {pages}: \"{c.snippet[:160].strip()}...\"")
+        for q in answer.quotes:
+            pages = f"p. {q.page_start}" if q.page_start == q.page_end else f"pp. {q.page_start}-{q.page_end}"
+            print(f"  - {q.document}, {pages}: \"{q.text[:240].strip()}\"")
+        if not answer.quotes:
+            for c in answer.citations:
+                pages = f"p. {c.page_start}" if c.page_start == c.page_end else f"pp. {c.page_start}-{c.page_end}"
+                print(f"  - {c.document}, {pages}: \"{c.snippet[:160].strip()}...\"")
     return 3 if answer.abstained else 0
 
 

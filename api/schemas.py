@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from rag.settings import Settings
 from rag.indexing.store import DocumentRecord
-from rag.types import Answer, Citation
+from rag.types import Answer, Citation, Quote
 
 TopK = Annotated[StrictInt, Field(ge=1, le=50, description="Passages handed to the generator (default: settings).")]
 MaxNewTokens = Annotated[
@@ -56,14 +56,31 @@ class CitationOut(BaseModel):
     chunk_id: int
 
 
+class QuoteOut(BaseModel):
+    """Evidence sentences quoted from one passage, with their source."""
+
+    text: str = Field(description="The sentences, as they stand in the document (white space collapsed).")
+    document: str
+    pages: tuple[int, int] = Field(description="First and last 1-based page of the passage holding the quote.")
+    score: float = Field(description="How well the quote's best sentence matches the question.")
+
+
 class QueryResponse(BaseModel):
-    """An answer with citations, or an abstention with the reason."""
+    """An answer with the quotes it rests on and their citations, or an abstention with the reason."""
 
     answer: str
     abstained: bool
     reason: str | None = Field(None, description="Why the service abstained, when it did.")
     citations: list[CitationOut]
-    support: float | None = Field(None, description="Verification score of the answer against its citations.")
+    quotes: list[QuoteOut] = Field(
+        default_factory=list,
+        description="The evidence sentences the answer rests on; on an abstention, the nearest evidence found.",
+    )
+    confidence: float | None = Field(
+        None, description="Calibrated probability that the answer is right (the service abstains below a threshold)."
+    )
+    form: str | None = Field(None, description="'short' (a span) or 'long' (sentences), chosen from the question.")
+    support: float | None = Field(None, description="Share of the answer's own words found in its quotes.")
     relevance: float | None = Field(None, description="Best cosine similarity of a retrieved passage.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
     usage: dict[str, int] = Field(
@@ -75,9 +92,16 @@ class QueryResponse(BaseModel):
         """The API view of a ``rag`` Answer (the only place the two meet)."""
         return cls(
             answer=answer.text, abstained=answer.abstained, reason=answer.reason,
-            citations=[citation_out(c) for c in answer.citations], support=answer.support,
+            citations=[citation_out(c) for c in answer.citations], quotes=[quote_out(q) for q in answer.quotes],
+            confidence=answer.confidence, form=answer.form, support=answer.support,
             relevance=answer.relevance, timings=dict(answer.timings), usage=dict(answer.usage),
         )
+
+
+def quote_out(quote: Quote) -> QuoteOut:
+    return QuoteOut(
+        text=quote.text, document=quote.document, pages=(quote.page_start, quote.page_end), score=quote.score
+    )
 
 
 def citation_out(citation: Citation) -> CitationOut:
@@ -182,6 +206,8 @@ class RagInfo(BaseModel):
     answer: str
     abstained: bool
     reason: str | None = None
+    quotes: list[QuoteOut] = Field(default_factory=list)
+    confidence: float | None = None
     support: float | None = None
     relevance: float | None = None
     timings: dict[str, float] = Field(default_factory=dict)
@@ -237,7 +263,8 @@ class ChatCompletionChunk(BaseModel):
 
 def rag_info(answer: Answer) -> RagInfo:
     return RagInfo(
-        answer=answer.text, abstained=answer.abstained, reason=answer.reason, support=answer.support,
+        answer=answer.text, abstained=answer.abstained, reason=answer.reason,
+        quotes=[quote_out(q) for q in answer.quotes], confidence=answer.confidence, support=answer.support,
         relevance=answer.relevance, timings=dict(answer.timings),
     )
 

@@ -92,7 +92,7 @@ def create_naive_app(settings: "Settings", runtime: "Runtime") -> "FastAPI":
     if runtime.answers is None or runtime.llm is None:
         raise ValueError("the naive server needs a Runtime started with its generator")
     serial = SerialGenerator(runtime.llm)
-    answers = AnswerService(runtime.retriever, runtime.llm, serial, runtime.answers.verifier, settings)
+    answers = AnswerService(runtime.retriever, runtime.llm, serial, settings, runtime.answers.calibrator)
 
     app = FastAPI(title="grounded-rag (naive, no batching)")
     app.state.settings = settings

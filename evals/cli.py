@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "over a grid of (min_relevance, min_support)",
     )
     parser.add_argument(
+        "--open-gates", action="store_true",
+        help="run ours with every gate open (relevance, confidence): every question is generated and its "
+        "confidence features recorded, the input of `python -m evals.calibrate`",
+    )
+    parser.add_argument(
         "--index-root", type=Path, default=Path(".rag-eval"), help="where per-set indexes live (default: .rag-eval)"
     )
     parser.add_argument(
@@ -294,7 +299,7 @@ async def _make_pipeline(
     if name == "ours":
         if args.url:
             return HttpPipeline(args.url, args.api_key, timeout_s=args.timeout)
-        return OursPipeline(runtime)
+        return OursPipeline(runtime, open_gates(runtime) if args.open_gates else None)
     from rag.evaluation.baseline import BaselinePipeline
 
     cache = args.index_root / eval_set.name / "baseline-faiss"

@@ -10,6 +10,7 @@ from rag.models import resolve_embedder, select_device
 from rag.settings import Settings
 
 if TYPE_CHECKING:
+    from rag.answering.confidence import Calibrator
     from rag.answering.service import AnswerService
     from rag.answering.batching import BatchingGenerator
     from rag.answering.generation import TransformersGenerator
@@ -55,7 +56,6 @@ class Runtime:
         from rag.answering.service import AnswerService
         from rag.indexing.index import DocumentIndex
         from rag.answering.retrieval import HybridRetriever
-        from rag.answering.verification import Verifier
 
         s = self.settings
         self.index = DocumentIndex.open(s.index.path, s.index, create=True)
@@ -65,16 +65,15 @@ class Runtime:
         if with_generator:
             from rag.answering.batching import BatchingGenerator
             from rag.answering.generation import TransformersGenerator
+            from rag.answering.prompting import MARKER_WORDS
             from rag.models import resolve_generator, select_device
 
-            self.llm = TransformersGenerator(resolve_generator(s.models), select_device(s.models), s.generation).load()
+            self.llm = TransformersGenerator(
+                resolve_generator(s.models), select_device(s.models), s.generation, probe_words=MARKER_WORDS
+            ).load()
             self.batcher = BatchingGenerator(self.llm, s.generation)
             self.batcher.start()
-            verifier = (
-                Verifier(judge=self.llm.yes_probability, render=self.llm.render_chat)
-                if s.generation.judge else Verifier(judge=None, render=None)
-            )
-            self.answers = AnswerService(self.retriever, self.llm, self.batcher, verifier, s)
+            self.answers = AnswerService(self.retriever, self.llm, self.batcher, s, load_calibrator(s))
         return self
 
     def close(self) -> None:
@@ -82,6 +81,16 @@ class Runtime:
             self.batcher.stop()
         if self.index is not None:
             self.index.close()
+
+
+def load_calibrator(settings: Settings) -> "Calibrator | None":
+    """The configured confidence model: the settings' file, else the packaged one; None when neither exists."""
+    from rag.answering.confidence import DEFAULT_CALIBRATOR, Calibrator
+
+    path = settings.generation.calibrator or DEFAULT_CALIBRATOR
+    if settings.generation.calibrator is None and not path.exists():
+        return None
+    return Calibrator.load(path)
 
 
 def quiet_libraries() -> None:

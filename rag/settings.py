@@ -132,7 +132,27 @@ class RetrievalSettings(BaseModel):
 class GenerationSettings(BaseModel):
     """The generator and its request handling."""
 
-    max_new_tokens: int = Field(128, ge=1, le=1024, description="Default cap on generated tokens.")
+    max_new_tokens: int = Field(
+        96, ge=1, le=1024, description="Default cap on generated tokens for sentence answers (why, how, describe)."
+    )
+    max_new_tokens_short: int = Field(
+        24, ge=1, le=1024, description="Cap on generated tokens for short answers (who, when, where, how many)."
+    )
+    evidence_tokens: int = Field(
+        360, ge=32, le=4096, description="Token budget of the quoted evidence sentences put in the prompt."
+    )
+    evidence_sentences: int = Field(
+        4, ge=1, le=32, description="Best-scoring sentences quoted (each with the sentence before it, budget allowing)."
+    )
+    calibrator: Path | None = Field(
+        None,
+        description="Confidence model file (JSON, from `python -m evals.calibrate`); None uses the packaged one "
+        "(rag/answering/calibrator.json). Set to an empty path's parent-less name 'none' to disable.",
+    )
+    min_confidence: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Abstain below this calibrated confidence; None takes the threshold stored with the calibrator.",
+    )
     max_new_tokens_limit: int = Field(512, ge=1, description="Highest max_new_tokens a request may ask for.")
     max_batch_size: int = Field(16, ge=1, description="Requests merged into one generate call.")
     batch_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")

@@ -84,6 +84,18 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class Quote:
+    """Consecutive evidence sentences of one retrieved passage: what an answer rests on, with its source."""
+
+    text: str
+    document: str
+    page_start: int
+    page_end: int
+    chunk_id: int
+    score: float  # how well its best sentence matches the question (rag.answering.evidence)
+
+
+@dataclass(frozen=True)
 class Answer:
     """The outcome of one question: an answer with citations, or an abstention."""
 
@@ -96,6 +108,10 @@ class Answer:
     relevance: float | None = None  # best cosine similarity of a retrieved passage to the question
     draft: str | None = None  # what the generator said, when verification turned it into an abstention
     usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens when generated
+    quotes: tuple[Quote, ...] = ()  # the evidence sentences the answer rests on (the nearest ones on abstention)
+    confidence: float | None = None  # calibrated P(the answer is right), when a calibrator is configured
+    form: str | None = None  # "short" (a span) or "long" (sentences), from the question
+    features: dict[str, float] = field(default_factory=dict)  # the confidence features, for evals and logs
 
 
 @dataclass(frozen=True)

@@ -253,7 +253,7 @@ def upload_runtime(runtime, tmp_path_factory):
     rt.ingestor = make_ingestor(settings, runtime.embedder, runtime.ingestor.tokenizer_path)
     rt.retriever = HybridRetriever(rt.index, runtime.embedder, settings.retrieval).load()
     rt.llm, rt.batcher = runtime.llm, runtime.batcher
-    rt.answers = AnswerService(rt.retriever, runtime.llm, runtime.batcher, runtime.answers.verifier, settings)
+    rt.answers = AnswerService(rt.retriever, runtime.llm, runtime.batcher, settings, runtime.answers.calibrator)
     yield rt
     rt.index.close()
 
@@ -404,7 +404,7 @@ def parked_generator_client(runtime, queue_size: int, request_timeout_s: float =
         time.sleep(0.01)
     rt = Runtime(settings)
     rt.index, rt.retriever, rt.llm, rt.batcher = runtime.index, runtime.retriever, runtime.llm, batcher
-    rt.answers = AnswerService(runtime.retriever, runtime.llm, batcher, runtime.answers.verifier, settings)
+    rt.answers = AnswerService(runtime.retriever, runtime.llm, batcher, settings, runtime.answers.calibrator)
     try:
         with TestClient(create_app(settings, runtime=rt)) as client:
             yield client

@@ -326,3 +326,42 @@ def test_aggregate_rejects_missing_and_unknown_predictions() -> None:
         aggregate(items, [_pred("q1", _ABSTAIN), _pred("q2", _ABSTAIN), _pred("zz", _ABSTAIN)])
     with pytest.raises(ValueError, match="two predictions"):
         aggregate(items, [_pred("q1", _ABSTAIN), _pred("q1", _ABSTAIN), _pred("q2", _ABSTAIN)])
+
+
+# --- the numeric rule (README "Numbers") ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "passes"),
+    [
+        ("1,375,500", "1375500.00", True),  # separators and trailing zero decimals ignored
+        ("Revenue was $1,375,500 thousand.", "1375500.00", True),  # one of the numbers it states
+        ("30.8%", "30.80", True),
+        ("$5,466 million", "$5,466", True),  # a scale word is not applied, the number still matches
+        ("-3.2", "-3.2", True),
+        ("3.2", "-3.2", False),  # the sign counts
+        ("1,381,000", "1375500.00", True),  # 5,500 / 1,381,000 = 0.398%: within 0.5%
+        ("1,390,000", "1375500.00", False),  # 14,500 / 1,390,000 = 1.04%: not
+        ("$2.0 billion", "2018", False),  # scale words are not converted
+        ("about 100", "100.4", True),  # 0.4% relative difference is within 0.5%
+        ("about 100", "100.6", False),  # 0.6% is not
+    ],
+)
+def test_numeric_reference_matches_a_stated_number(answer: str, reference: str, passes: bool) -> None:
+    from rag.evaluation.metrics import states_number
+
+    assert states_number(answer, reference) is passes
+
+
+def test_numeric_rule_makes_a_long_answer_correct_where_token_f1_cannot() -> None:
+    # Token F1 alone: "1,375,500" normalises to "1375500" and "1375500.00" to "137550000": no overlap.
+    item = _item("q", answers=("1375500.00",), doc="F.pdf", pages=(), style="long")
+    score = score_question(item, _pred("q", _answer("Total was 1,375,500.", _cite("F.pdf", 2, 2))))
+    assert score.f1 == 0.0  # the reported F1 stays the SQuAD token F1
+    assert score.correct and score.grounded
+    short = _item("s", answers=("30.8%",))
+    assert score_question(short, _pred("s", _answer("30.80", _cite("A.pdf", 4, 4)))).correct
+    assert not score_question(short, _pred("s", _answer("31.2", _cite("A.pdf", 4, 4)))).correct
+    # a reference that is not one number gets no numeric rule: "1066" vs 4 tokens, F1 2/5 < 0.5
+    words = _item("w", answers=("in 1066 at Hastings",))
+    assert not score_question(words, _pred("w", _answer("1066", _cite("A.pdf", 4, 4)))).correct

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from transformers.generation.logits_process import LogitsProcessor
 from transformers.generation.streamers import BaseStreamer
 
 from rag.errors import ModelUnavailable
@@ -45,6 +46,11 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
+    # The log-probability of each kept token, and the probability that the first token was one of the
+    # generator's probe tokens (the abstain marker's first word): confidence features, empty/None when the
+    # backend cannot tell.
+    token_logprobs: tuple[float, ...] = ()
+    probe_probability: float | None = None
 
 
 class Generator(Protocol):
@@ -67,7 +73,9 @@ class TransformersGenerator:
     ``generate_calls`` counts ``model.generate`` calls, so callers (and tests) can see batching at work.
     """
 
-    def __init__(self, model_path: str, device: str, settings: GenerationSettings):
+    def __init__(
+        self, model_path: str, device: str, settings: GenerationSettings, probe_words: Sequence[str] = (),
+    ):
         if not model_path or not isinstance(model_path, str):
             raise ValueError(f"model_path must be a non-empty path or model id, got {model_path!r}")
         if device not in ("cpu", "cuda"):
@@ -81,6 +89,8 @@ class TransformersGenerator:
         self._stop_ids: list[int] = []
         self._yes_ids: list[int] = []
         self._no_ids: list[int] = []
+        self.probe_words = tuple(probe_words)
+        self._probe_ids: list[int] = []
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
@@ -108,6 +118,7 @@ class TransformersGenerator:
         self._stop_ids = _stop_token_ids(model, tokenizer)
         self._yes_ids = _single_token_ids(tokenizer, _YES_WORDS)
         self._no_ids = _single_token_ids(tokenizer, _NO_WORDS)
+        self._probe_ids = _first_token_ids(tokenizer, self.probe_words)
         return self
 
     @property
@@ -156,17 +167,22 @@ class TransformersGenerator:
             streamer = None
             if any(cb is not None for cb in callbacks):
                 streamer = BatchTextStreamer(tokenizer, callbacks, budgets, self._stop_ids)
+            recorder = StepRecorder(self._probe_ids)
             sequences = model.generate(
                 **inputs,
                 generation_config=self._generation_config(max(budgets)),
                 streamer=streamer,
+                logits_processor=[recorder],
             )  # (B, T + N), N <= max(budgets)
             self.generate_calls += 1
+            logprobs, probe = recorder.finish(sequences[:, prompt_len:])  # (B, N), (B,)
         new_tokens = sequences[:, prompt_len:].tolist()  # (B, N)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # (B,)
         return [
-            self._result(row, budget, int(n_prompt))
-            for row, budget, n_prompt in zip(new_tokens, budgets, prompt_tokens, strict=True)
+            self._result(row, budget, int(n_prompt), row_logprobs, row_probe)
+            for row, budget, n_prompt, row_logprobs, row_probe in zip(
+                new_tokens, budgets, prompt_tokens, logprobs, probe, strict=True
+            )
         ]
 
     def _generation_config(self, max_new_tokens: int) -> Any:
@@ -190,11 +206,14 @@ class TransformersGenerator:
             **cache,
         )
 
-    def _result(self, row: list[int], budget: int, prompt_tokens: int) -> GenerationResult:
+    def _result(
+        self, row: list[int], budget: int, prompt_tokens: int, logprobs: list[float], probe: float | None,
+    ) -> GenerationResult:
         kept, finish = _cut_row(row, budget, self._stop_ids)
         text = self._tokenizer.decode(kept, skip_special_tokens=True)
         return GenerationResult(
-            text=text, prompt_tokens=prompt_tokens, completion_tokens=len(kept), finish_reason=finish
+            text=text, prompt_tokens=prompt_tokens, completion_tokens=len(kept), finish_reason=finish,
+            token_logprobs=tuple(logprobs[: len(kept)]), probe_probability=probe,
         )
 
     # ------------------------------------------------------------------ judging
@@ -238,6 +257,44 @@ class TransformersGenerator:
         if self._tokenizer is None:
             raise RuntimeError("TransformersGenerator.load() must be called first")
         return self._tokenizer
+
+
+class StepRecorder(LogitsProcessor):
+    """A logits processor that records, without changing anything, what confidence features need.
+
+    At each decode step it keeps the log-softmax of the scores (B, V) on the device and reads from it the
+    log-probability of the token the previous step chose; ``finish`` adds the last step's. At the first step it
+    also sums the probability of the probe token ids. Only (B,) vectors are kept per step; one host copy at
+    the end.
+    """
+
+    def __init__(self, probe_ids: Sequence[int]):
+        self._probe_ids = list(probe_ids)
+        self._previous: Any = None  # (B, V) log-probabilities of the last step
+        self._chosen: list[Any] = []  # per step, (B,)
+        self._probe: Any = None  # (B,)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        logp = scores.float().log_softmax(dim=-1)  # (B, V)
+        if self._previous is None:
+            if self._probe_ids:
+                self._probe = logp[:, self._probe_ids].exp().sum(dim=-1)
+        else:
+            self._chosen.append(self._previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self._previous = logp
+        return scores
+
+    def finish(self, new_tokens: Any) -> tuple[list[list[float]], list[float | None]]:
+        """Per row, the log-probability of each generated token (B, N), and the probe probability (B,)."""
+        import torch
+
+        batch = new_tokens.shape[0]
+        steps = list(self._chosen)
+        if self._previous is not None and new_tokens.shape[1] > len(steps):
+            steps.append(self._previous.gather(1, new_tokens[:, len(steps) : len(steps) + 1]).squeeze(1))
+        logprobs = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
+        probe = self._probe.tolist() if self._probe is not None else [None] * batch
+        return logprobs, probe
 
 
 class BatchTextStreamer(BaseStreamer):
@@ -352,6 +409,17 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     if not stop_ids:
         raise ModelUnavailable("the generator's tokenizer defines no EOS token; cannot tell when an answer ends")
     return stop_ids
+
+
+def _first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """The first token id of each word, spelled with and without a leading space."""
+    ids = set()
+    for word in words:
+        for spelling in (word, " " + word):
+            encoded = tokenizer.encode(spelling, add_special_tokens=False)
+            if encoded:
+                ids.add(int(encoded[0]))
+    return sorted(ids)
 
 
 def _single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:

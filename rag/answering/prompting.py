@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from rag.types import Passage
+
+if TYPE_CHECKING:
+    from rag.answering.evidence import Quote
 
 ABSTAIN_TEXT = "The documents do not contain the answer."
 
@@ -18,6 +22,55 @@ SYSTEM = (
     "Source: [<passage number>]\n"
     "If the passages do not contain the answer, reply: Answer: NOT IN DOCUMENTS"
 )
+
+# Evidence-first prompts: a few numbered quotes instead of whole passages. The reply is prefilled with
+# "Answer:", so the first generated token is the answer's or the marker's: its probability of being the
+# marker's first word is a confidence feature read from the same generate call.
+ABSTAIN_MARKER = "NOT IN DOCUMENTS"
+MARKER_WORDS = ("NOT",)
+REPLY_PREFIX = "Answer:"
+QUOTES_SYSTEM = {
+    "short": (
+        "Answer the question using only the numbered quotes, never your own knowledge. Reply in this format:\n"
+        "Answer: <the shortest phrase copied from the quotes that answers it: a name, number, date or a few "
+        "words>\nSource: [<quote number>]\n"
+        f"If the quotes do not answer the question, reply: Answer: {ABSTAIN_MARKER}"
+    ),
+    "long": (
+        "Answer the question using only the numbered quotes, never your own knowledge. Reply in this format:\n"
+        "Answer: <one to three sentences using the words of the quotes>\nSource: [<quote numbers>]\n"
+        f"If the quotes do not answer the question, reply: Answer: {ABSTAIN_MARKER}"
+    ),
+}
+AnswerForm = Literal["short", "long"]
+
+# Questions that ask for an explanation, a description or a comparison get sentences; the rest a short span.
+_EXPLANATORY = re.compile(
+    r"^\s*(why|how(?!\s+(many|much|long|old|far|big|tall|large|often|high|deep|wide|fast|old))|describe|explain|"
+    r"discuss|compare|analy[sz]e|examine|summari[sz]e|assess|evaluate|what\s+(\w+\s+)?(changes?|impacts?|"
+    r"effects?|factors|risks?|role|trends?|is\s+the\s+(relationship|difference|significance|purpose)|are\s+the\s+(main|key|differences))|"
+    r"in\s+what\s+ways?)\b",
+    re.IGNORECASE,
+)
+_LONG_QUESTION_WORDS = 18
+
+
+def answer_form(question: str) -> AnswerForm:
+    """"long" for explanatory questions (why, how, describe, compare, what changed) and long multi-part ones;
+    "short" for factoid ones (who, when, where, which, how many, what is X)."""
+    if _EXPLANATORY.search(question) or re.search(r"\b(how|why)\b", question, re.IGNORECASE) and len(
+        question.split()
+    ) >= 10:
+        return "long"
+    return "long" if len(question.split()) >= _LONG_QUESTION_WORDS else "short"
+
+
+def build_quote_messages(question: str, quotes: Sequence["Quote"], form: AnswerForm) -> list[dict[str, str]]:
+    """Chat messages: the rules for the answer form, then the numbered quotes (with their source) and the question."""
+    blocks = [f"[{i}] ({q.document}, p. {q.page_start}) {q.text}" for i, q in enumerate(quotes, start=1)]
+    user = "Quotes:\n" + "\n".join(blocks) + f"\n\nQuestion: {question}"
+    return [{"role": "system", "content": QUOTES_SYSTEM[form]}, {"role": "user", "content": user}]
+
 
 # What counts as the model declining: our marker and the ways small models paraphrase it.
 _ABSTAIN = re.compile(

@@ -1,4 +1,10 @@
-"""Grounded answering: retrieve, gate on relevance, generate with numbered passages, verify, cite or abstain."""
+"""Grounded answering, evidence first: retrieve, pick the sentences that answer, generate from those quotes,
+score the answer's confidence, and answer with its quotes and pages or abstain.
+
+    passages -> evidence sentences (rag.answering.evidence) -> prompt for the answer form (short span or
+    sentences, rag.answering.prompting) -> generation with token log-probabilities -> features ->
+    calibrated confidence (rag.answering.confidence) -> Answer (quotes, citations, confidence) or abstention
+"""
 
 from __future__ import annotations
 
@@ -7,33 +13,48 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, features
+from rag.answering.evidence import Evidence, score_sentences, select_evidence, sentences_of
 from rag.answering.prompting import (
-    ABSTAIN_TEXT, AnswerStream, answer_text, build_messages, cited_numbers, fit_passages, is_abstention,
+    ABSTAIN_TEXT, REPLY_PREFIX, AnswerStream, answer_form, answer_text, build_quote_messages, cited_numbers,
+    is_abstention,
 )
 from rag.answering.retrieval import HybridRetriever
+from rag.answering.verification import lexical_support_text
 from rag.settings import Settings
-from rag.types import Answer, Citation, Passage
-from rag.answering.verification import Verifier, attribute
+from rag.text import normalize_answer
+from rag.types import Answer, Citation, Passage, Quote
 
 if TYPE_CHECKING:
     from rag.answering.batching import BatchingGenerator
-    from rag.answering.generation import TransformersGenerator
+    from rag.answering.generation import GenerationResult, TransformersGenerator
 
 SNIPPET_CHARS = 300
 
 
 class AnswerService:
-    """The question-answering pipeline shared by the API and the evals."""
+    """The question-answering pipeline shared by the API and the evals.
+
+    ``calibrator`` turns features into a confidence; without one, every answer the generator gives is kept
+    (the set-up used to collect features for fitting one). ``min_confidence`` overrides its threshold.
+    """
 
     def __init__(
         self, retriever: HybridRetriever, llm: "TransformersGenerator", batcher: "BatchingGenerator",
-        verifier: Verifier, settings: Settings,
+        settings: Settings, calibrator: Calibrator | None = None,
     ):
         self.retriever = retriever
         self.llm = llm
         self.batcher = batcher
-        self.verifier = verifier
         self.settings = settings
+        self.calibrator = calibrator
+
+    @property
+    def min_confidence(self) -> float:
+        configured = self.settings.generation.min_confidence
+        if configured is not None:
+            return configured
+        return self.calibrator.threshold if self.calibrator is not None else 0.0
 
     async def answer(self, question: str, top_k: int | None = None, max_new_tokens: int | None = None) -> Answer:
         """The final Answer (no streaming)."""
@@ -46,8 +67,8 @@ class AnswerService:
     async def stream(
         self, question: str, top_k: int | None = None, max_new_tokens: int | None = None
     ) -> AsyncIterator[str | Answer]:
-        """Text deltas as they are generated, then the Answer, which is authoritative: verification may turn
-        a streamed draft into an abstention."""
+        """Text deltas as they are generated, then the Answer, which is authoritative: a low confidence may
+        turn a streamed draft into an abstention."""
         gen = self.settings.generation
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -56,56 +77,108 @@ class AnswerService:
         relevance = max((p.dense_score for p in passages if p.dense_score is not None), default=None)
         if relevance is None or relevance < self.settings.retrieval.min_relevance:
             timings["total_s"] = time.perf_counter() - started
-            yield self._abstain("no passage is relevant enough to the question", passages[:3], relevance, timings)
+            yield _abstain("no passage is relevant enough to the question", passages, Evidence((), ()), relevance,
+                           timings)
             return
-        passages = fit_passages(question, passages, self.llm.count_tokens, gen.max_context_tokens)
-        prompt = self.llm.render_chat(build_messages(question, passages))
+        evidence_started = time.perf_counter()
+        evidence = await asyncio.to_thread(self._evidence, question, passages)
+        timings["evidence_s"] = time.perf_counter() - evidence_started
+        form = answer_form(question)
+        prompt = self.llm.render_chat(build_quote_messages(question, evidence.quotes, form)) + REPLY_PREFIX
+        budget = max_new_tokens or (gen.max_new_tokens if form == "long" else gen.max_new_tokens_short)
         result = None
         clean = AnswerStream()
         generate_started = time.perf_counter()
-        async for item in self.batcher.stream(prompt, max_new_tokens or gen.max_new_tokens, gen.request_timeout_s):
+        async for item in self.batcher.stream(prompt, budget, gen.request_timeout_s):
             if isinstance(item, str):
                 if delta := clean.feed(item):
                     yield delta
             else:
                 result = item
         timings["generate_s"] = time.perf_counter() - generate_started
-        verify_started = time.perf_counter()
-        answer = await asyncio.to_thread(self._finish, question, passages, result.text, relevance, timings)
+        answer = self._finish(question, form, passages, evidence, result, relevance, timings)
         answer.usage.update(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
-        timings["verify_s"] = time.perf_counter() - verify_started
         timings["total_s"] = time.perf_counter() - started
         yield answer
 
+    def _evidence(self, question: str, passages: list[Passage]) -> Evidence:
+        gen = self.settings.generation
+        embedder = self.retriever.embedder
+        scored = score_sentences(
+            question, sentences_of(passages), embedder.embed_documents, embedder.embed_query(question)
+        )
+        return select_evidence(scored, self.llm.count_tokens, gen.evidence_tokens, gen.evidence_sentences)
+
     def _finish(
-        self, question: str, passages: list[Passage], raw: str, relevance: float, timings: dict[str, float]
+        self, question: str, form: str, passages: list[Passage], evidence: Evidence, result: "GenerationResult",
+        relevance: float, timings: dict[str, float],
     ) -> Answer:
-        """Turn generated text into a cited Answer, or an abstention when it declines or is unsupported."""
-        if is_abstention(raw) or not answer_text(raw):
-            return self._abstain("the generator found no answer in the passages", passages[:3], relevance, timings)
+        """Turn generated text into a quoted, cited Answer, or an abstention when it declines or is unsure."""
+        raw = result.text
         text = answer_text(raw)
-        used = [passages[n - 1] for n in attribute(text, passages, cited_numbers(raw, len(passages)))]
-        support = self.verifier.support(question, text, used)
-        if not used or support < self.settings.generation.min_support:
-            evidence = used or passages[:3]
-            return self._abstain(
-                f"the answer is not supported by the passages (support {support:.2f})", evidence, relevance,
-                timings, support=support, draft=text,
+        declined = is_abstention(raw) or not text
+        quotes = list(evidence.quotes)
+        used = _answer_quotes(text, quotes, cited_numbers(raw, len(quotes)))
+        generated = Generated(
+            text="" if declined else text, declined=declined, token_logprobs=result.token_logprobs,
+            probe_probability=result.probe_probability,
+        )
+        values = features(question, form, passages, evidence, generated, used)
+        confidence = None if self.calibrator is None else self.calibrator.confidence(values)
+        support = lexical_support_text(text, " ".join(q.text for q in used), question) if used else 0.0
+        common = dict(relevance=relevance, support=support, confidence=confidence, form=form, features=values)
+        if declined:
+            return _abstain("the generator found no answer in the quotes", passages, evidence, relevance, timings,
+                            **{k: v for k, v in common.items() if k != "relevance"})
+        if not used:
+            return _abstain("the answer is not in the quoted evidence", passages, evidence, relevance, timings,
+                            draft=text, **{k: v for k, v in common.items() if k != "relevance"})
+        if confidence is not None and confidence < self.min_confidence:
+            return _abstain(
+                f"confidence {confidence:.2f} is below {self.min_confidence:.2f}", passages, evidence, relevance,
+                timings, draft=text, **{k: v for k, v in common.items() if k != "relevance"},
             )
         return Answer(
-            text=text, abstained=False, citations=tuple(citation(p, text) for p in used), timings=timings,
-            support=support, relevance=relevance,
+            text=text, abstained=False, citations=tuple(quote_citation(q, text) for q in used), timings=timings,
+            quotes=tuple(used), **common,
         )
 
-    @staticmethod
-    def _abstain(
-        reason: str, evidence: list[Passage], relevance: float | None, timings: dict[str, float],
-        support: float | None = None, draft: str | None = None,
-    ) -> Answer:
-        return Answer(
-            text=ABSTAIN_TEXT, abstained=True, citations=tuple(citation(p) for p in evidence), timings=timings,
-            reason=reason, support=support, relevance=relevance, draft=draft,
-        )
+
+def _answer_quotes(answer: str, quotes: list[Quote], cited: list[int]) -> list[Quote]:
+    """The quotes the answer rests on: those containing the answer span, else the ones the model cited, else
+    those sharing the most of its words (never a guess from rank alone)."""
+    if not answer:
+        return []
+    containing = [q for q in quotes if answer_in_evidence(answer, [q])]
+    if containing:
+        return containing[:2]
+    if cited:
+        return [quotes[n - 1] for n in cited][:3]
+    words = set(normalize_answer(answer).split())
+    overlaps = [len(words & set(normalize_answer(q.text).split())) for q in quotes]
+    best = max(overlaps, default=0)
+    return [q for q, o in zip(quotes, overlaps) if o == best and best > 0][:2]
+
+
+def _abstain(
+    reason: str, passages: list[Passage], evidence: Evidence, relevance: float | None, timings: dict[str, float],
+    **extra,
+) -> Answer:
+    """An abstention, with the nearest evidence attached (labelled as such by clients, not as sources)."""
+    nearest = evidence.quotes[:3]
+    citations = tuple(quote_citation(q) for q in nearest) or tuple(citation(p) for p in passages[:3])
+    return Answer(
+        text=ABSTAIN_TEXT, abstained=True, citations=citations, timings=timings, reason=reason, relevance=relevance,
+        quotes=tuple(nearest), **extra,
+    )
+
+
+def quote_citation(quote: Quote, answer: str = "") -> Citation:
+    """A quote as a citation: its document, pages and text around the answer."""
+    return Citation(
+        document=quote.document, page_start=quote.page_start, page_end=quote.page_end,
+        snippet=snippet(quote.text, answer), score=round(float(quote.score), 4), chunk_id=quote.chunk_id,
+    )
 
 
 def citation(passage: Passage, answer: str = "") -> Citation:

@@ -27,7 +27,7 @@ import numpy as np
 from rag.evaluation.dataset import EvalSet, QAItem
 from rag.evaluation.metrics import PRIMARY_METRIC, Prediction, QuestionScore, aggregate_scores, score_question
 from rag.settings import Settings
-from rag.types import Answer, Citation
+from rag.types import Answer, Citation, Quote
 
 if TYPE_CHECKING:
     from rag.answering.service import AnswerService
@@ -76,6 +76,10 @@ class QuestionRecord:
     latency_s: float
     error: str | None
     score: dict[str, Any] = field(default_factory=dict)
+    confidence: float | None = None
+    form: str | None = None
+    features: dict[str, float] = field(default_factory=dict)  # confidence features, for fitting the calibrator
+    quotes: tuple[dict[str, Any], ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -92,6 +96,8 @@ class QuestionRecord:
             answer = Answer(
                 text=self.answer, abstained=self.abstained, citations=tuple(Citation(**c) for c in self.citations),
                 reason=self.reason, support=self.support, relevance=self.relevance, draft=self.draft,
+                confidence=self.confidence, form=self.form, features=dict(self.features),
+                quotes=tuple(Quote(**q) for q in self.quotes),
             )
         return Prediction(id=self.id, answer=answer, retrieved=self.retrieved, latency_s=self.latency_s)
 
@@ -99,6 +105,7 @@ class QuestionRecord:
         data = asdict(self)
         data["citations"] = [dict(c) for c in self.citations]
         data["retrieved"] = [list(r) for r in self.retrieved]
+        data["quotes"] = [dict(q) for q in self.quotes]
         return data
 
     @classmethod
@@ -108,6 +115,7 @@ class QuestionRecord:
                 **data,
                 "citations": tuple(dict(c) for c in data["citations"]),
                 "retrieved": tuple((str(d), int(s), int(e)) for d, s, e in data["retrieved"]),
+                "quotes": tuple(dict(q) for q in data.get("quotes", ())),
             }
         )
 
@@ -131,6 +139,10 @@ def make_record(item: QAItem, pred: Prediction, score: QuestionScore, error: str
         relevance=None if answer is None else answer.relevance,
         draft=None if answer is None else answer.draft,
         citations=citations, retrieved=tuple(pred.retrieved), latency_s=pred.latency_s, error=error, score=verdict,
+        confidence=None if answer is None else answer.confidence,
+        form=None if answer is None else answer.form,
+        features={} if answer is None else dict(answer.features),
+        quotes=() if answer is None else tuple(asdict(q) for q in answer.quotes),
     )
 
 
@@ -315,7 +327,12 @@ def answer_from_json(data: dict[str, Any]) -> Answer:
     return Answer(
         text=data["answer"], abstained=bool(data["abstained"]), citations=citations,
         timings=dict(data.get("timings") or {}), reason=data.get("reason"), support=data.get("support"),
-        relevance=data.get("relevance"),
+        relevance=data.get("relevance"), confidence=data.get("confidence"), form=data.get("form"),
+        quotes=tuple(
+            Quote(text=q["text"], document=q["document"], page_start=int(q["pages"][0]), page_end=int(q["pages"][1]),
+                  chunk_id=-1, score=float(q.get("score", 0.0)))
+            for q in data.get("quotes", [])
+        ),
     )
 
 
@@ -335,7 +352,8 @@ def open_gates(runtime: "Runtime") -> "AnswerService":
     settings = runtime.settings.model_copy(deep=True)
     settings.retrieval.min_relevance = -1.0
     settings.generation.min_support = 0.0
-    return AnswerService(runtime.retriever, runtime.llm, runtime.batcher, runtime.answers.verifier, settings)
+    settings.generation.min_confidence = 0.0
+    return AnswerService(runtime.retriever, runtime.llm, runtime.batcher, settings, runtime.answers.calibrator)
 
 
 def runtime_for_index(base: "Runtime", settings: Settings) -> "Runtime":
@@ -356,7 +374,7 @@ def runtime_for_index(base: "Runtime", settings: Settings) -> "Runtime":
     runtime.ingestor = make_ingestor(settings, base.embedder, base.embedder.model_path)
     runtime.retriever = HybridRetriever(runtime.index, runtime.embedder, settings.retrieval).load()
     if base.answers is not None:
-        runtime.answers = AnswerService(runtime.retriever, base.llm, base.batcher, base.answers.verifier, settings)
+        runtime.answers = AnswerService(runtime.retriever, base.llm, base.batcher, settings, base.answers.calibrator)
     return runtime
 
 

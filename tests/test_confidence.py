@@ -1,0 +1,122 @@
+"""Confidence features, the calibrator file, and fitting it with cross-set validation (hand-checkable cases)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from rag.answering.confidence import (
+    DEFAULT_CALIBRATOR, Calibrator, answer_in_evidence, coverage, question_names, type_match,
+)
+from rag.evaluation.calibration import Labeled, calibrator_from_fit, choose_threshold, cross_set, outcome, reliability
+from rag.types import Quote
+
+
+def _quote(text: str) -> Quote:
+    return Quote(text=text, document="A.pdf", page_start=1, page_end=1, chunk_id=1, score=0.5)
+
+
+def test_question_names_and_coverage_catch_a_swapped_name() -> None:
+    # SQuAD 2.0's unanswerable questions swap a name or a number: coverage of them falls.
+    assert question_names("Who founded Cambridge in 1650?") == {"cambridge"}
+    evidence = "Harvard was founded in 1636 in Cambridge."
+    assert coverage({"cambridge"}, evidence) == 1.0
+    assert coverage({"1650"}, evidence) == 0.0
+    assert coverage(set(), evidence) == 1.0  # nothing asked, nothing missing
+
+
+def test_answer_in_evidence_uses_squad_normalisation() -> None:
+    quotes = [_quote("The indicator was built by Charles Richard, an engineer.")]
+    assert answer_in_evidence("charles richard", quotes)
+    assert answer_in_evidence("The Charles Richard.", quotes)  # article and punctuation ignored
+    assert not answer_in_evidence("Charles Porter", quotes)
+
+
+def test_type_match() -> None:
+    assert type_match("How many rooms are there?", "12 rooms") == 1.0
+    assert type_match("How many rooms are there?", "several") == 0.0
+    assert type_match("When was it built?", "in 1862") == 1.0
+    assert type_match("Who built it?", "an engineer") == 0.0
+    assert type_match("What is it?", "a engine") == 0.5
+
+
+def test_calibrator_confidence_by_hand_and_file_round_trip(tmp_path: Path) -> None:
+    model = Calibrator(names=("a", "b"), mean=(1.0, 0.0), scale=(2.0, 1.0), coef=(1.0, -0.5), intercept=0.25,
+                       threshold=0.4, version="test")
+    # z = 0.25 + 1.0 * (3 - 1) / 2 - 0.5 * (2 - 0) / 1 = 0.25
+    assert model.confidence({"a": 3.0, "b": 2.0}) == pytest.approx(1 / (1 + math.exp(-0.25)))
+    with pytest.raises(KeyError):
+        model.confidence({"a": 1.0})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(model.to_json()))
+    assert Calibrator.load(path) == Calibrator(**{**model.__dict__, "provenance": {}})
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="cannot read calibrator"):
+        Calibrator.load(path)
+    with pytest.raises(ValueError, match="threshold"):
+        Calibrator(("a",), (0.0,), (1.0,), (1.0,), 0.0, threshold=1.5)
+
+
+def test_outcome_by_hand() -> None:
+    rows = [
+        Labeled("s", "1", {}, answered=True, grounded=True, answerable=True),
+        Labeled("s", "2", {}, answered=True, grounded=False, answerable=False),
+        Labeled("s", "3", {}, answered=True, grounded=False, answerable=True),
+        Labeled("s", "4", {}, answered=False, grounded=False, answerable=False),
+    ]
+    # at 0.5: answers 1 (0.9, grounded) and 3 (0.6, wrong); abstains on 2 (0.2, unanswerable: right) and 4
+    result = outcome(rows, [0.9, 0.2, 0.6, 0.99], 0.5)
+    assert (result.grounded_accuracy, result.hallucination_rate, result.correct_rate, result.answered) == (
+        0.75, 0.5, 0.5, 2)
+
+
+def _synthetic(set_name: str, n: int, seed: int, shift: float = 0.0) -> list[Labeled]:
+    """Rows where feature x predicts groundedness (plus noise); half the questions unanswerable."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        answerable = i % 2 == 0
+        grounded = answerable and rng.random() < 0.7
+        x = (1.5 if grounded else -0.5) + rng.gauss(0, 1) + shift
+        rows.append(Labeled(set_name, f"{set_name}-{i}", {"x": x, "noise": rng.gauss(0, 1)}, True, grounded,
+                            answerable))
+    return rows
+
+
+def test_fit_learns_the_informative_feature_and_cross_set_scores_held_out_sets() -> None:
+    rows = _synthetic("a", 300, 1) + _synthetic("b", 300, 2) + _synthetic("c", 300, 3, shift=0.2)
+    model = calibrator_from_fit(rows, ["x", "noise"], target_hallucination=0.2)
+    assert model.coef[0] > 1.0 and abs(model.coef[1]) < 0.3
+    held = cross_set(rows, ["x", "noise"], target_hallucination=0.2)
+    assert [h.set_name for h in held] == ["a", "b", "c"]
+    for h in held:
+        test = [r for r in rows if r.set_name == h.set_name]
+        everything = outcome(test, [1.0] * len(test), 0.0)
+        assert h.outcome.grounded_accuracy > everything.grounded_accuracy  # abstaining on low confidence pays
+        assert h.interval[0] <= h.outcome.grounded_accuracy <= h.interval[1]
+
+
+def test_choose_threshold_meets_the_hallucination_target_on_its_rows() -> None:
+    rows = _synthetic("a", 400, 4)
+    model = calibrator_from_fit(rows, ["x"], target_hallucination=0.9)
+    confidence = [model.confidence(r.features) for r in rows]
+    threshold = choose_threshold(rows, confidence, target_hallucination=0.1)
+    assert outcome(rows, confidence, threshold).hallucination_rate <= 0.1
+    assert choose_threshold(rows, confidence, target_hallucination=0.1) >= choose_threshold(rows, confidence, 0.4)
+
+
+def test_reliability_bins() -> None:
+    table = reliability([0.05, 0.15, 0.12, 0.95], [False, True, False, True], bins=10)
+    assert table == [(0.05, 0.0, 1), (pytest.approx(0.135), 0.5, 2), (0.95, 1.0, 1)]
+
+
+def test_the_shipped_calibrator_loads_and_says_how_it_was_made() -> None:
+    if not DEFAULT_CALIBRATOR.exists():
+        pytest.skip("no packaged calibrator")
+    model = Calibrator.load(DEFAULT_CALIBRATOR)
+    assert model.provenance and "evals.calibrate" in str(model.provenance["command"])
+    assert 0.0 < model.threshold < 1.0 and len(model.names) == len(model.coef)
