@@ -382,3 +382,33 @@ def test_yes_probability_prefers_the_true_statement(generator: TransformersGener
     # Batched with left padding, a prompt scores as it does alone.
     (alone,) = generator.yes_probability(closed_book[:1])
     assert alone == pytest.approx(paris, abs=1e-4)
+
+
+@pytest.mark.e2e
+def test_token_logprobs_and_probe_match_a_direct_forward_pass(model_path: str) -> None:
+    """The recorder's numbers are the model's: the first token's log-probability and the probe word's
+    probability equal what one plain forward pass over the prompt gives; a batch row matches its single run."""
+    import torch
+
+    from rag.models import select_device
+
+    generator = TransformersGenerator(
+        model_path, select_device(ModelSettings()), GenerationSettings(), probe_words=("NOT",)
+    ).load()
+    prompt = _chat(generator, CAPITAL)
+    other = _chat(generator, "Reply with the word NOT and nothing else.")
+    (single,) = generator.generate_batch([prompt], max_new_tokens=6)
+    assert len(single.token_logprobs) == single.completion_tokens
+    assert all(lp <= 0.0 for lp in single.token_logprobs)
+    model, tokenizer = generator._model, generator._tokenizer
+    with torch.inference_mode():
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        logp = model(input_ids=ids).logits[0, -1].float().log_softmax(-1)  # (V,)
+    first = tokenizer.encode(single.text, add_special_tokens=False)[0]
+    assert single.token_logprobs[0] == pytest.approx(float(logp[first]), abs=1e-3)
+    probe_ids = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("NOT", " NOT")})
+    assert single.probe_probability == pytest.approx(float(logp[probe_ids].exp().sum()), abs=1e-4)
+    batch = generator.generate_batch([prompt, other], max_new_tokens=6)
+    assert batch[0].text == single.text
+    assert batch[0].token_logprobs == pytest.approx(single.token_logprobs, abs=1e-3)
+    assert batch[1].probe_probability > single.probe_probability  # asked to say NOT, it is likelier to
