@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=parse_int_list, default=[1, 8, 32, 64],
                       help="concurrency levels, comma-separated (default 1,8,32,64)")
     load.add_argument("--requests", type=int, default=128, help="requests per level (default 128)")
-    load.add_argument("--max-new-tokens", type=int, default=64, help="max_new_tokens of every request (default 64)")
+    load.add_argument(
+        "--max-new-tokens", type=int, default=64,
+        help="max_new_tokens of every request (default 64); 0 sends none, so the server's own budget for the "
+        "question's answer form applies (what a client that sets nothing gets)",
+    )
     load.add_argument("--time-limit", type=float, default=300.0,
                       help="seconds after which a level sends no more requests (default 300)")
     load.add_argument("--request-timeout", type=float, default=120.0, help="client timeout per request (default 120)")
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no index at {args.index}: run `rag-ingest DOCS_DIR --index {args.index}` or use --docs")
     if args.docs and not args.docs.is_dir():
         parser.error(f"not a folder: {args.docs}")
-    if args.requests < 1 or args.max_new_tokens < 1 or args.time_limit <= 0 or args.request_timeout <= 0:
+    if args.requests < 1 or args.max_new_tokens < 0 or args.time_limit <= 0 or args.request_timeout <= 0:
         parser.error("--requests and --max-new-tokens must be >= 1, the time limits > 0")
     try:
         questions = load_questions(args.questions, args.include_unanswerable)
@@ -323,7 +327,9 @@ async def one_request(client, url: str, question: str, max_new_tokens: int, coun
     """One streamed /v1/query, timed from sending to the ``done`` event."""
     import httpx
 
-    body = {"question": question, "stream": True, "max_new_tokens": max_new_tokens}
+    body: dict[str, Any] = {"question": question, "stream": True}
+    if max_new_tokens:
+        body["max_new_tokens"] = max_new_tokens
     started = time.perf_counter()
     ttft = None
     pieces: list[str] = []

@@ -21,6 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rag.answering.prompting import short_span
+from rag.evaluation.dataset import QAItem, load_set
+from rag.evaluation.metrics import Prediction, score_question
+from rag.types import Answer, Citation
 from rag.evaluation.calibration import (
     HeldOut, Labeled, calibrator_from_fit, cross_set, outcome, reliability,
 )
@@ -47,15 +51,37 @@ def read_records(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def labeled(record: dict[str, Any]) -> Labeled | None:
-    """A fitting row from a gates-open record; None for a failed question or one without features."""
+def labeled(record: dict[str, Any], item: QAItem | None = None) -> Labeled | None:
+    """A fitting row from a gates-open record; None for a failed question or one without features.
+
+    With the set's ``item``, the answer is scored again with the current metrics, as the current service would
+    give it (a short answer cut to its span, ``short_span``, which leaves an already cut one unchanged): a run
+    recorded by older code then still fits the model the service uses now.
+    """
     if record.get("error") or not record.get("features"):
         return None
     answered = not record["abstained"]
+    grounded = answered and bool(record["score"].get("grounded"))
+    if answered and item is not None:
+        text = record["answer"]
+        if record.get("form") == "short":
+            text = short_span(text, record["question"])
+        citations = tuple(Citation(**c) for c in record["citations"])
+        answer = Answer(text=text, abstained=False, citations=citations)
+        grounded = score_question(item, Prediction(item.id, answer, (), 0.0)).grounded
     return Labeled(
         set_name=record["set"], id=record["id"], features=record["features"], answered=answered,
-        grounded=answered and bool(record["score"].get("grounded")), answerable=bool(record["answerable"]),
+        grounded=grounded, answerable=bool(record["answerable"]),
     )
+
+
+def set_items(root: Path, names: set[str]) -> dict[str, QAItem]:
+    """Items of the named sets under ``root`` by id (sets not found there are skipped: records keep their scores)."""
+    items: dict[str, QAItem] = {}
+    for name in names:
+        if (root / name / "qa.jsonl").exists():
+            items.update({item.id: item for item in load_set(root / name).items})
+    return items
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,11 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"threshold: highest grounded accuracy whose hallucination rate stays at or below this "
         f"(default {DEFAULT_TARGET})",
     )
+    parser.add_argument(
+        "--sets-root", type=Path, default=Path("../shared/eval"),
+        help="folder holding the sets by name, to score the answers again (default: ../shared/eval)",
+    )
     parser.add_argument("--features", help="comma-separated feature names (default: every recorded feature)")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     args = parser.parse_args(argv)
 
-    rows = [row for folder in args.reports for r in read_records(folder) if (row := labeled(r)) is not None]
+    records = [r for folder in args.reports for r in read_records(folder)]
+    items = set_items(args.sets_root, {r["set"] for r in records})
+    rows = [row for r in records if (row := labeled(r, items.get(r["id"]))) is not None]
     if not rows:
         print("calibrate: error: no gates-open records with features in " + ", ".join(map(str, args.reports)),
               file=sys.stderr)

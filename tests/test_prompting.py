@@ -96,3 +96,46 @@ def test_citation_snippet_shows_the_answer():
     assert "Charles Porter" in shown and len(shown) == SNIPPET_CHARS
     assert snippet(text, "Nowhere Inc.") == text[:SNIPPET_CHARS]  # not in the passage: its start
     assert snippet("short passage", "passage") == "short passage"
+
+
+@pytest.mark.parametrize(
+    ("question", "form"),
+    [
+        ("Who was the duke in the battle of Hastings?", "short"),
+        ("In what country is Normandy located?", "short"),
+        ("How many rooms are at the Lavietes Pavilion?", "short"),
+        ("Why was old oil withdrawn from the market?", "long"),
+        ("How does Microsoft's revenue compare to its cost of sales?", "long"),
+        ("What significant changes in accounting practices were reported by NVIDIA in its most recent 10-Q?", "long"),
+        ("Describe the Norman conquest of England.", "long"),
+    ],
+)
+def test_answer_form_follows_the_question(question: str, form: str) -> None:
+    from rag.answering.prompting import answer_form
+
+    assert answer_form(question) == form
+
+
+def test_short_span_keeps_what_the_answer_adds_to_the_question() -> None:
+    from rag.answering.prompting import short_span
+
+    assert short_span("Dyrrachium was located in the Adriatic.", "Where was Dyrrachium located?") == "Adriatic"
+    assert short_span("December 25, Japan was considered an Arab-friendly state.",
+                      "When was Japan accepted as an Arab-friendly state?") == "December 25"
+    assert short_span("380 years.", "How long did Western Europe control Cyprus?") == "380 years"  # short: kept
+    # nothing new at all: the answer is left as it is rather than emptied
+    assert short_span("Western Europe did control Cyprus for long", "How long did Western Europe control Cyprus?") \
+        == "Western Europe did control Cyprus for long"
+
+
+def test_quote_prompt_numbers_quotes_with_their_source() -> None:
+    from rag.answering.prompting import ABSTAIN_MARKER, build_quote_messages
+    from rag.types import Quote
+
+    quotes = [Quote("Rollo was the first ruler.", "Normans.pdf", 2, 2, 7, 0.9),
+              Quote("Normandy is in France.", "Normans.pdf", 1, 1, 3, 0.5)]
+    system, user = build_quote_messages("Who was the first ruler?", quotes, "short")
+    assert ABSTAIN_MARKER in system["content"] and "shortest phrase" in system["content"]
+    assert "[1] (Normans.pdf, p. 2) Rollo was the first ruler." in user["content"]
+    assert "[2] (Normans.pdf, p. 1)" in user["content"] and user["content"].endswith("Question: Who was the first ruler?")
+    assert "one to three sentences" in build_quote_messages("Why?", quotes, "long")[0]["content"]

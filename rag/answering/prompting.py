@@ -65,6 +65,40 @@ def answer_form(question: str) -> AnswerForm:
     return "long" if len(question.split()) >= _LONG_QUESTION_WORDS else "short"
 
 
+_SHORT_MAX_WORDS = 5
+
+
+def short_span(answer: str, question: str) -> str:
+    """A short answer cut down to what it adds to the question.
+
+    A small model often answers "Where was Dyrrachium located?" with "Dyrrachium was located in the Adriatic."
+    Past ``_SHORT_MAX_WORDS`` words, the longest run of words the question does not already hold is kept (edge
+    stopwords dropped): the span a reader wants first, and what a span metric compares.
+    """
+    from rag.text import STOPWORDS, content_words, normalize_answer
+
+    words = answer.strip().rstrip(".").split()
+    if len(words) <= _SHORT_MAX_WORDS:
+        return " ".join(words)
+    asked = set(normalize_answer(question).split()) | set(content_words(question))
+    runs: list[list[str]] = [[]]
+    for word in words:
+        if normalize_answer(word) in asked:
+            runs.append([])
+        else:
+            runs[-1].append(word)
+
+    def trimmed(run: list[str]) -> list[str]:
+        while run and normalize_answer(run[0]) in STOPWORDS | {""}:
+            run = run[1:]
+        while run and normalize_answer(run[-1]) in STOPWORDS | {""}:
+            run = run[:-1]
+        return run
+
+    best = max((trimmed(run) for run in runs), key=len)
+    return " ".join(best).strip(",;:") if best else " ".join(words)
+
+
 def build_quote_messages(question: str, quotes: Sequence["Quote"], form: AnswerForm) -> list[dict[str, str]]:
     """Chat messages: the rules for the answer form, then the numbered quotes (with their source) and the question."""
     blocks = [f"[{i}] ({q.document}, p. {q.page_start}) {q.text}" for i, q in enumerate(quotes, start=1)]
