@@ -3,13 +3,17 @@
 Values come from (highest first): keyword arguments, environment variables prefixed ``RAG_`` with ``__``
 between nested sections (``RAG_RETRIEVAL__TOP_K=8``), an optional ``.env`` file or the file named by
 ``RAG_SETTINGS_FILE``, then the defaults below. Nothing else in the code reads ``os.environ``.
+
+Settings are never assigned after validation: a command flag or a test that needs other values builds a new
+instance with ``settings.with_overrides({"index": {"path": p}})``, which runs every check again.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -203,3 +207,20 @@ class Settings(BaseSettings):
         if self.generation.max_new_tokens > self.generation.max_new_tokens_limit:
             raise ValueError("generation.max_new_tokens must not exceed generation.max_new_tokens_limit")
         return self
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """A new Settings: ``overrides`` (nested by section, ``{"generation": {"max_new_tokens": 64}}``) over
+        this one's values, validated again (field limits and the checks above); raises ValidationError."""
+        return type(self).model_validate(_merged(self.model_dump(), overrides))
+
+
+def _merged(base: dict[str, Any], overrides: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if key not in merged:  # a misspelt name would otherwise be dropped without a word
+            raise KeyError(f"unknown setting {where}{key!r}; known here: {', '.join(sorted(merged))}")
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value, f"{where}{key}.")
+        else:
+            merged[key] = value
+    return merged

@@ -13,12 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from rag.evaluation.dataset import EvalSet, QAItem, load_set, sample
-from rag.evaluation.metrics import PRIMARY_METRIC, Prediction, aggregate, score_question
-from rag.evaluation.runner import (
-    Evaluator, QuestionRecord, answer_from_json, apply_thresholds, best_point, default_grid, make_record,
+from rag.errors import ExitCode
+from rag.evaluation import (
+    EvalReport, Evaluator, QuestionRecord, RunOptions, SetReport, Sweep, apply_thresholds, best_point,
     sweep_thresholds,
 )
+from rag.evaluation.dataset import EvalSet, QAItem, load_set, sample
+from rag.evaluation.metrics import PRIMARY_METRIC, Prediction, aggregate, score_question
+from rag.evaluation.pipelines import answer_from_json
+from rag.evaluation.records import make_record
+from rag.evaluation.sweep import default_grid
 from rag.types import Answer, Citation
 from tests.conftest import eval_set
 
@@ -171,7 +175,7 @@ def test_answer_from_query_response():
 def test_http_pipeline_posts_the_question_and_reads_citations():
     import httpx
 
-    from rag.evaluation.runner import HttpPipeline
+    from rag.evaluation import HttpPipeline
 
     seen = {}
 
@@ -203,39 +207,31 @@ def test_http_pipeline_posts_the_question_and_reads_citations():
 # ------------------------------------------------------------------------------------------ report writer
 
 
-def _hand_report() -> dict:
+def _hand_report() -> EvalReport:
+    """A typed report of RECORDS: ours, a "baseline" with the same records, and a 2 x 2 sweep."""
     from rag.settings import Settings
 
     result = Evaluator(_eval_set(ITEMS)).result("ours", RECORDS, wall_s=3.0)
-    baseline = Evaluator(_eval_set(ITEMS)).result("baseline", RECORDS[:2] + RECORDS[2:], wall_s=2.0)
+    baseline = Evaluator(_eval_set(ITEMS)).result("baseline", RECORDS, wall_s=2.0)
     points = sweep_thresholds(ITEMS, RECORDS, [0.0, 0.3], [0.0, 0.5])
-    from dataclasses import asdict
-
-    def as_dict(r):
-        records = [x.to_dict() for x in r.records]
-        return {"n": r.metrics["n"], "metrics": r.metrics, "wall_s": r.wall_s, "records": records}
-
-    return {
-        "primary_metric": PRIMARY_METRIC, "date": "2026-01-01T00:00:00+00:00", "command": "rag-eval --set x",
-        "machine": {"platform": "Linux", "cpu_count": 2, "torch": "2", "device": "cpu", "gpu": None},
-        "settings": Settings().model_dump(mode="json"),
-        "run": {"pipelines": ["ours", "baseline"], "limit": None, "seed": 0, "concurrency": 4, "timeout_s": 300},
-        "sets": [{
-            "name": "handmade", "questions_in_set": 4,
-            "sample": {"n": 4, "answerable": 2, "unanswerable": 2},
-            "results": {"ours": as_dict(result), "baseline": as_dict(baseline)},
-            "sweep": {
-                "configured": {"min_relevance": 0.3, "min_support": 0.5},
-                "grid": {"min_relevance": [0.0, 0.3], "min_support": [0.0, 0.5]},
-                "points": [asdict(p) for p in points], "best": asdict(best_point(points)), "best_ties": 1,
-                "at_configured": points[-1].metrics, "open_run": as_dict(result),
-            },
-        }],
-    }
+    sweep = Sweep(
+        configured=points[-1], relevance_grid=(0.0, 0.3), support_grid=(0.0, 0.5), points=tuple(points),
+        best=best_point(points), ties=1, span={"min_relevance": (0.3, 0.3), "min_support": (0.0, 0.0)},
+        open_run=result,
+    )
+    entry = SetReport(
+        name="handmade", root=Path("handmade"), questions_in_set=4, items=tuple(ITEMS), limit=None, seed=0,
+        results={"ours": result, "baseline": baseline}, sweep=sweep,
+    )
+    return EvalReport(
+        date="2026-01-01T00:00:00+00:00", command="rag-eval --set x",
+        machine={"platform": "Linux", "cpu_count": 2, "torch": "2", "device": "cpu", "gpu": None},
+        settings=Settings().model_dump(mode="json"), run=RunOptions(pipelines=("ours", "baseline")), sets=[entry],
+    )
 
 
 def test_report_writer_writes_json_markdown_and_plots(tmp_path):
-    from evals.report import write_report
+    from rag.evaluation.render import write_report
 
     paths = write_report(tmp_path / "out", _hand_report())
     names = {p.name for p in paths}
@@ -285,36 +281,11 @@ def load_pages_of(docs: Path, name: str, load_pages):
         return load_pages(Path(folder))
 
 
-def test_runtime_for_index_shares_the_models_of_the_first_set(small_index, tmp_path):
-    """A second set's runtime reuses the loaded models, has its own index, and closing it spares the base."""
-    from rag.evaluation.runner import close_shared, runtime_for_index
-    from rag.runtime import Runtime
-    from tests.conftest import make_settings
-
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    shutil.copy(eval_set("squad2-dev") / "docs" / "Normans.pdf", docs / "Normans.pdf")
-    base = Runtime(small_index).start(with_generator=False)
-    try:
-        runtime = runtime_for_index(base, make_settings(tmp_path / "other-index"))
-        try:
-            assert runtime.embedder is base.embedder and runtime.index is not base.index and runtime.answers is None
-            with runtime.index.writing():
-                assert runtime.ingestor.sync_folder(runtime.index, docs).new == 1
-            passages = runtime.retriever.retrieve("What continent are the Canarian Islands off the coast of?", 10)
-            assert passages and {p.chunk.document for p in passages} == {"Normans.pdf"}
-        finally:
-            close_shared(runtime)
-        assert "Steam_engine.pdf" in {p.chunk.document for p in base.retriever.retrieve("steam engine boiler", 5)}
-    finally:
-        base.close()
-
-
 # -------------------------------------------------------------------------------------------------- CLI
 
 
 def test_cli_reports_a_malformed_line_with_its_number(tmp_path, capsys):
-    from evals.cli import EXIT_USAGE, main
+    from evals.cli import main
 
     root = tmp_path / "broken-set"
     (root / "docs").mkdir(parents=True)
@@ -325,55 +296,54 @@ def test_cli_reports_a_malformed_line_with_its_number(tmp_path, capsys):
     })
     (root / "qa.jsonl").write_text(good + "\n" + '{"id": "q2", "question": \n')
     code = main(["--set", str(root), "--index-root", str(tmp_path / "idx"), "--out", str(tmp_path / "out")])
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE
     err = capsys.readouterr().err
     assert "line 2" in err and "qa.jsonl" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "idx").exists()  # failed before any work
 
 
 def test_cli_refuses_bad_arguments(tmp_path, capsys):
-    from evals.cli import EXIT_USAGE, main
+    from evals.cli import main
 
     root = str(eval_set("squad2-dev"))
-    assert main(["--set", root, "--limit", "0"]) == EXIT_USAGE
-    assert main(["--set", root, "--sweep", "--url", "http://127.0.0.1:1"]) == EXIT_USAGE
-    assert main(["--set", root, "--pipeline", "baseline", "--min-grounded-accuracy", "0.5"]) == EXIT_USAGE
+    assert main(["--set", root, "--limit", "0"]) == ExitCode.USAGE
+    assert main(["--set", root, "--sweep", "--url", "http://127.0.0.1:1"]) == ExitCode.USAGE
+    assert main(["--set", root, "--pipeline", "baseline", "--min-grounded-accuracy", "0.5"]) == ExitCode.USAGE
     assert "--min-grounded-accuracy checks ours" in capsys.readouterr().err
+    assert main(["--set", root, "--max-new-tokens", "100000"]) == ExitCode.USAGE  # refused by the settings
+    assert "max_new_tokens" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # argparse's own usage errors exit 2 too
         main(["--pipeline", "ours"])
-    assert exc.value.code == EXIT_USAGE
+    assert exc.value.code == ExitCode.USAGE
 
 
-def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatch, capsys, tmp_path):
-    """The CLI's sweep step on a fake open-gates pipeline: the records of RECORDS, re-scored over the grid."""
-    import argparse
-    from types import SimpleNamespace
+class OpenGates:
+    """A fake open-gates run of ours: answers each question as RECORDS did (raising for the failed one)."""
 
-    from evals import cli
-    from rag.settings import Settings
-
+    name = "ours (gates open)"
     answers = {item.question: record.to_prediction() for item, record in zip(ITEMS, RECORDS)}
 
-    class OpenGates:
-        def __init__(self, runtime, answers_service, name):
-            assert answers_service == "open" and "gates open" in name
-            self.name = name
+    async def ask(self, question):
+        pred = self.answers[question]
+        if pred.answer is None:
+            raise RuntimeError("boom")
+        return pred.answer, list(pred.retrieved)
 
-        async def ask(self, question):
-            pred = answers[question]
-            if pred.answer is None:
-                raise RuntimeError("boom")
-            return pred.answer, list(pred.retrieved)
 
-    monkeypatch.setattr(cli, "open_gates", lambda runtime: "open")
-    monkeypatch.setattr(cli, "OursPipeline", OpenGates)
-    runtime = SimpleNamespace(settings=Settings())
-    args = argparse.Namespace(concurrency=2, timeout=5.0, quiet=True, out=tmp_path)
-    sweep = asyncio.run(cli._sweep(_eval_set(ITEMS), ITEMS, runtime, args))
+def test_sweep_of_an_open_gates_run_picks_the_best_thresholds(tmp_path):
+    """A run's records land in partial/ as they finish; the sweep re-scores them over the default grid."""
+    from rag.evaluation.run import _Run
+    from rag.settings import Settings
+
+    options = RunOptions(pipelines=("ours",), concurrency=2, timeout_s=5.0, partial_dir=tmp_path / "partial")
+    result = asyncio.run(_Run(options, None, lambda: None, print).run(_eval_set(ITEMS), ITEMS, OpenGates()))
+    partial = (tmp_path / "partial" / "handmade.ours_gates_open_.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["id"] for line in partial) == sorted(item.id for item in ITEMS)
+
     defaults = Settings()
-    assert sweep["configured"] == {
-        "min_relevance": defaults.retrieval.min_relevance, "min_support": defaults.generation.min_support,
-    }
+    configured = (defaults.retrieval.min_relevance, defaults.generation.min_support)
+    sweep = Sweep.of(ITEMS, result, configured).to_dict()
+    assert sweep["configured"] == {"min_relevance": configured[0], "min_support": configured[1]}
     assert 0.3 in sweep["grid"]["min_relevance"] and 0.5 in sweep["grid"]["min_support"]
     assert len(sweep["points"]) == len(sweep["grid"]["min_relevance"]) * len(sweep["grid"]["min_support"])
     # "trap" (relevance 0.2) is gated from 0.25 up, "good" (support 0.3, relevance 0.6) kept below 0.35 / 0.65
@@ -381,19 +351,27 @@ def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatc
     assert (sweep["best"]["min_relevance"], sweep["best"]["min_support"]) == (0.25, 0.0)
     assert sweep["at_configured"][PRIMARY_METRIC] == pytest.approx(2 / 4)  # support 0.5 drops "good"
     assert sweep["open_run"]["n"] == 4 and sweep["open_run"]["metrics"]["failed"] == 1
-    assert "min_relevance 0.25 and min_support 0.00" in capsys.readouterr().err
-    partial = (tmp_path / "partial" / "handmade.ours_gates_open_.jsonl").read_text().splitlines()
-    assert sorted(json.loads(line)["id"] for line in partial) == sorted(item.id for item in ITEMS)
+    assert "min_relevance 0.25 and min_support 0.00" in Sweep.of(ITEMS, result, configured).describe()
 
 
 def test_floor_check_exits_1_below_the_floor(capsys):
-    from evals.cli import EXIT_BELOW_FLOOR, EXIT_OK, _floor_check
+    from evals.cli import floor_check
 
     report = _hand_report()  # ours scores 0.5 on "handmade"
-    assert _floor_check(report, None) == EXIT_OK
-    assert _floor_check(report, 0.5) == EXIT_OK
-    assert _floor_check(report, 0.6) == EXIT_BELOW_FLOOR
+    assert floor_check(report, None) == ExitCode.OK
+    assert floor_check(report, 0.5) == ExitCode.OK
+    assert floor_check(report, 0.6) == ExitCode.PARTIAL == 1
     assert "handmade: ours' grounded accuracy 0.500 is below the floor 0.600" in capsys.readouterr().err
+
+
+def test_run_options_refuse_bad_values():
+    from rag.errors import UsageError
+
+    for bad in ({"limit": 0}, {"concurrency": 0}, {"timeout_s": 0}, {"pipelines": ("mine",)},
+                {"sweep": True, "url": "http://x"}, {"url": "ftp://x"}):
+        with pytest.raises(UsageError):
+            RunOptions(**bad)
+    assert not RunOptions(pipelines=("baseline",)).needs_index and RunOptions(pipelines=("baseline",)).needs_runtime
 
 
 def test_ci_sample_is_balanced_and_fixed():
@@ -423,7 +401,7 @@ def _tiny_set(root: Path) -> Path:
 
 @pytest.mark.e2e
 def test_rag_eval_end_to_end_on_a_tiny_set(tmp_path, capsys):
-    from evals.cli import EXIT_OK, main
+    from evals.cli import main
 
     root = _tiny_set(tmp_path / "tiny")
     out = tmp_path / "report"
@@ -431,7 +409,7 @@ def test_rag_eval_end_to_end_on_a_tiny_set(tmp_path, capsys):
         "--set", str(root), "--pipeline", "both", "--index-root", str(tmp_path / "idx"),
         "--out", str(out), "--max-new-tokens", "32", "--min-grounded-accuracy", "0", "-q",
     ]
-    assert main(argv) == EXIT_OK
+    assert main(argv) == ExitCode.OK
     captured = capsys.readouterr()
     assert "grounded_accuracy" in captured.out
 

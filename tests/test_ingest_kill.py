@@ -28,7 +28,7 @@ CHILD_ENV = {"RAG_INGEST__CHECKPOINT_SECONDS": "0", "RAG_INGEST__EMBED_BATCH_SIZ
 DIE_BEFORE_COMMIT = """
 import os, signal, sys
 import rag.indexing.index
-rag.indexing.index._fsync_dir = lambda path: os.kill(os.getpid(), signal.SIGKILL)
+rag.indexing.index.fsync = lambda path: os.kill(os.getpid(), signal.SIGKILL)
 from ingest.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rag.evaluation.metrics import normalize_answer
+from rag.text import normalize_answer
 from rag.types import Passage
 
 # Words that carry no claim: their presence in a passage proves nothing.

@@ -6,8 +6,6 @@ README table; ``PRIMARY_METRIC`` names the one to rank systems by.
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from rag.evaluation.dataset import QAItem
+from rag.text import normalize_answer  # the SQuAD v2 rules; also importable from here
 from rag.types import Answer, Citation
 
 PRIMARY_METRIC = "grounded_accuracy"
@@ -23,16 +22,6 @@ RECALL_AT = (1, 5, 10)
 
 _SHORT_MIN_F1 = 0.5  # short style: best token F1 for a correct answer
 _LONG_MIN_F1 = 0.2  # long style: best token F1, plus a citation on the gold document
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(s: str) -> str:
-    """Lower-case, drop punctuation, the articles a/an/the (whole words) and extra white space (SQuAD v2)."""
-    text = s.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def _tokens(s: str) -> list[str]:
