@@ -92,7 +92,7 @@ def create_naive_app(settings: "Settings", runtime: "Runtime") -> "FastAPI":
     if runtime.answers is None or runtime.llm is None:
         raise ValueError("the naive server needs a Runtime started with its generator")
     serial = SerialGenerator(runtime.llm)
-    answers = AnswerService(runtime.retriever, runtime.llm, serial, runtime.answers.verifier, settings)
+    answers = AnswerService(runtime.retriever, runtime.llm, serial, runtime.verifier, settings)
 
     app = FastAPI(title="grounded-rag (naive, no batching)")
     app.state.settings = settings
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag.settings import Settings
 
     quiet_libraries()
-    settings = Settings()
-    settings.index.path = args.index
+    settings = Settings().with_overrides({"index": {"path": args.index}})
     runtime = Runtime(settings).start()
     try:
         uvicorn.run(create_naive_app(settings, runtime), host="127.0.0.1", port=args.port, log_level="warning")

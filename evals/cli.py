@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from rag.errors import EXIT_CODES, ExitCode, RagError, UsageError, exit_code
+from rag.errors import EXIT_CODES, ExitCode, RagError, UsageError, error_message, exit_code
 from rag.evaluation.dataset import EvalSet, load_set
 from rag.evaluation.evaluator import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S
 from rag.evaluation.records import QuestionRecord
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             notify=lambda message: print(f"rag-eval: {message}", file=sys.stderr),
         ))
     except (RagError, ValidationError) as exc:  # DatasetError is a RagError: exit 2
-        print(f"rag-eval: error: {exc}", file=sys.stderr)
+        print(f"rag-eval: error: {error_message(exc)}", file=sys.stderr)
         return exit_code(exc)
     write_report(out, report)
     print(report.summary(), file=sys.stdout)

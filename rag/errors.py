@@ -63,3 +63,17 @@ def exit_code(error: Exception) -> ExitCode:
     if isinstance(error, (RagError, ValidationError)):
         return ExitCode.USAGE
     raise error
+
+
+def error_message(error: Exception) -> str:
+    """What a command prints for ``error``: a settings ValidationError as 'field: problem' items, without
+    pydantic's echo of every input value."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        items = [
+            (".".join(str(part) for part in e["loc"]) + ": " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+            for e in error.errors(include_url=False)
+        ]
+        return "invalid settings: " + "; ".join(items)
+    return str(error)

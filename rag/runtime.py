@@ -57,10 +57,12 @@ class Runtime:
     built is None (``answers`` without the generator). ``close()`` stops and closes what this runtime opened.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, embedder: SentenceTransformerEmbedder | None = None):
+        """``embedder``: one to use instead of building it from ``settings.models`` (tests share one loaded
+        embedder across many indexes; it must be the model ``settings.models.embedder`` names)."""
         self.settings = settings
         self.index: DocumentIndex | None = None
-        self.embedder: SentenceTransformerEmbedder | None = None
+        self.embedder: SentenceTransformerEmbedder | None = embedder
         self.ingestor: Ingestor | None = None
         self.retriever: HybridRetriever | None = None
         self.llm: TransformersGenerator | None = None  # None when started without the generator
@@ -79,7 +81,9 @@ class Runtime:
 
         try:
             self._open_index(create_index)
-            self.embedder = build_embedder(self.settings).load()
+            self.embedder = self.embedder or build_embedder(self.settings)
+            if not self.embedder.loaded:
+                self.embedder.load()
             self._build_documents()
             self.retriever = HybridRetriever(self.index, self.embedder, self.settings.retrieval).load()
             if with_generator:
@@ -95,7 +99,7 @@ class Runtime:
         needs embedding, so a rerun with nothing to do loads no model."""
         try:
             self._open_index(create=True)
-            self.embedder = build_embedder(self.settings)
+            self.embedder = self.embedder or build_embedder(self.settings)
             self._build_documents()
         except BaseException:
             self.close()
@@ -213,14 +217,3 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-
-# TEMPORARY (removed with the front ends' move to Runtime in the next commit).
-def load_embedder(settings: Settings, load: bool = True) -> tuple[SentenceTransformerEmbedder, str]:
-    embedder = build_embedder(settings)
-    return (embedder.load() if load else embedder), embedder.model_path
-
-
-def make_ingestor(
-    settings: Settings, embedder: SentenceTransformerEmbedder | None = None, path: str | None = None
-) -> Ingestor:
-    return build_ingestor(settings, embedder or build_embedder(settings))
