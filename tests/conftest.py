@@ -20,13 +20,16 @@ EVAL_ROOT = REPO.parent / "shared" / "eval"
 SAMPLE_DOCS = REPO / "samples" / "docs"  # the bundled sample: SMALL_CORPUS, shipped with the repository
 # Two squad2-dev articles: small enough to embed in seconds, real enough to answer questions about.
 SMALL_CORPUS = ("Normans.pdf", "Steam_engine.pdf")
-# Fixtures that load the real embedder or generator: a test that uses one (directly or not) is marked ``models``.
-MODEL_FIXTURES = {"embedder", "small_index", "runtime", "client", "model_path", "generator", "tokenizer_path"}
+# Fixtures that load the real embedder or generator: a test that uses one (directly or not) is marked ``models``,
+# and so is every e2e test (they run the real pipeline).
+MODEL_FIXTURES = {
+    "embedder", "small_index", "runtime", "client", "model_path", "generator", "generator_cache", "tokenizer_path",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.models)
 
 
