@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.deps import require_api_key
 from api.routes import documents, health, openai_compat, query
 from rag.answering.batching import GenerationTimeout, Overloaded
-from rag.runtime import Runtime
 from rag.indexing.index import IndexBusy
+from rag.ingestion.documents import MB
+from rag.runtime import Runtime
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,10 @@ OPENAI_PREFIX = "/v1/chat/"  # routes whose errors also carry OpenAI's error obj
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """The service over ``settings``.
 
-    Without ``runtime`` the lifespan builds and starts one (loading the models) and closes it at shutdown;
-    a ``runtime`` given here (tests) must be started already and is left open for its owner to close.
-    Nothing loads when this function runs.
+    Without ``runtime`` the lifespan builds and starts one (``rag.runtime.Runtime``, loading the models) and
+    closes it at shutdown; a ``runtime`` given here (tests) must be started already and is left open for its
+    owner to close. Nothing loads when this function runs. Routes get the runtime's services through
+    ``api.deps``; tests swap one with ``app.dependency_overrides[api.deps.get_answers] = ...``.
     """
 
     @asynccontextmanager
@@ -49,7 +51,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 started.close()
                 raise
             app.state.runtime = started
-        app.state.upload_lock = asyncio.Lock()
         try:
             yield
         finally:
@@ -74,7 +75,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(openai_compat.router, dependencies=guarded)
     app.include_router(
         documents.router, dependencies=guarded,
-        max_body_size=int(settings.api.max_upload_mb * documents.MB) + MULTIPART_OVERHEAD,
+        max_body_size=int(settings.api.max_upload_mb * MB) + MULTIPART_OVERHEAD,
     )
 
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -11,16 +11,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from rag.errors import RagError
+from rag.errors import EXIT_CODES, ExitCode, RagError, UsageError, error_message, exit_code
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
   rag-ask --index .rag-sample "What company developed the most successful steam engine indicator?"
   rag-ask --index .rag-sample --retrieve-only "steam engine efficiency"   passages only, no generation
   rag-ask --json "..."                                                    machine-readable answer
 
-exit codes: 0 answered; 3 abstained (the documents do not answer it); 2 usage error or missing index/model
-"""
+{EXIT_CODES}"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,36 +34,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rag.runtime import Runtime, quiet_libraries
-    from rag.indexing.index import DocumentIndex
     from rag.settings import Settings
 
     quiet_libraries()
     try:
-        settings = Settings()
-        if args.index:
-            settings.index.path = args.index
         if not args.question.strip():
-            raise RagError("the question is empty")
-        DocumentIndex.open(settings.index.path, settings.index).close()  # IndexMissing with the fix, before loading models
-        runtime = Runtime(settings).start(with_generator=not args.retrieve_only)
+            raise UsageError("the question is empty")
+        settings = Settings().with_overrides({"index": {"path": args.index}} if args.index else {})
+        # create_index=False: a missing index is reported (exit 3) before any model loads
+        runtime = Runtime(settings).start(with_generator=not args.retrieve_only, create_index=False)
     except (RagError, ValidationError) as exc:
-        print(f"rag-ask: error: {exc}", file=sys.stderr)
-        return 2
-    try:
+        print(f"rag-ask: error: {error_message(exc)}", file=sys.stderr)
+        return exit_code(exc)
+    with runtime:
         if args.retrieve_only:
-            passages = runtime.retriever.retrieve(args.question, args.top_k)
-            rows = [
-                {"document": p.chunk.document, "pages": [p.chunk.page_start, p.chunk.page_end],
-                 "cosine": round(p.dense_score or 0.0, 3), "text": p.chunk.text}
-                for p in passages
-            ]
-            print(json.dumps(rows, indent=2) if args.json else "\n\n".join(
-                f"[{i}] {r['document']} p.{r['pages'][0]}-{r['pages'][1]} (cosine {r['cosine']})\n{r['text']}"
-                for i, r in enumerate(rows, start=1)))
-            return 0
+            print(_passages(runtime.retriever.retrieve(args.question, args.top_k), args.json))
+            return ExitCode.OK
         answer = asyncio.run(runtime.answers.answer(args.question, args.top_k))
-    finally:
-        runtime.close()
     if args.json:
         print(json.dumps(asdict(answer), indent=2))
     else:
@@ -82,7 +68,21 @@ def main(argv: list[str] | None = None) -> int:
             for c in answer.citations:
                 pages = f"p. {c.page_start}" if c.page_start == c.page_end else f"pp. {c.page_start}-{c.page_end}"
                 print(f"  - {c.document}, {pages}: \"{c.snippet[:160].strip()}...\"")
-    return 3 if answer.abstained else 0
+    return ExitCode.ABSTAINED if answer.abstained else ExitCode.OK
+
+
+def _passages(passages: list, as_json: bool) -> str:
+    rows = [
+        {"document": p.chunk.document, "pages": [p.chunk.page_start, p.chunk.page_end],
+         "cosine": round(p.dense_score or 0.0, 3), "text": p.chunk.text}
+        for p in passages
+    ]
+    if as_json:
+        return json.dumps(rows, indent=2)
+    return "\n\n".join(
+        f"[{i}] {r['document']} p.{r['pages'][0]}-{r['pages'][1]} (cosine {r['cosine']})\n{r['text']}"
+        for i, r in enumerate(rows, start=1)
+    )
 
 
 if __name__ == "__main__":

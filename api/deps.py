@@ -1,12 +1,13 @@
 """Request dependencies as ``Annotated`` aliases; tests swap them through ``app.dependency_overrides``.
 
-Everything comes from ``app.state``, filled by the app's lifespan: ``settings``, ``runtime`` (a started
-``rag.runtime.Runtime``) and ``upload_lock`` (serialises uploads within this process).
+Everything comes from ``app.state``, filled by the app's lifespan: ``settings`` and ``runtime`` (a started
+``rag.runtime.Runtime``, the composition root). Routes depend on the two services it builds, never on its
+other parts: ``AnswersDep`` (``rag.answering.service.AnswerService``) and ``DocumentsDep``
+(``rag.ingestion.documents.DocumentService``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.schemas import ChatCompletionRequest, QueryRequest, check_limits
 from rag.answering.service import AnswerService
+from rag.ingestion.documents import DocumentService
 from rag.runtime import Runtime
 from rag.settings import Settings
 
@@ -28,16 +30,10 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_runtime_or_none(request: Request) -> Runtime | None:
-    return getattr(request.app.state, "runtime", None)
-
-
-MaybeRuntimeDep = Annotated[Runtime | None, Depends(get_runtime_or_none)]
-
-
-def get_runtime(runtime: MaybeRuntimeDep) -> Runtime:
+def get_runtime(request: Request) -> Runtime:
     """The started runtime; 503 while there is none (outside the app's lifespan)."""
-    if runtime is None or runtime.index is None:
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None or runtime.documents is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is starting or stopping; retry shortly")
     return runtime
 
@@ -55,11 +51,12 @@ def get_answers(runtime: RuntimeDep) -> AnswerService:
 AnswersDep = Annotated[AnswerService, Depends(get_answers)]
 
 
-def get_upload_lock(request: Request) -> asyncio.Lock:
-    return request.app.state.upload_lock
+def get_documents(runtime: RuntimeDep) -> DocumentService:
+    """What the index holds, and uploads into it."""
+    return runtime.documents
 
 
-UploadLockDep = Annotated[asyncio.Lock, Depends(get_upload_lock)]
+DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
 
 
 def require_api_key(
@@ -77,8 +74,6 @@ def require_api_key(
             headers={"WWW-Authenticate": "Bearer"},
         )
 
-
-ApiKeyDep = Annotated[None, Depends(require_api_key)]
 
 
 def valid_query(body: QueryRequest, settings: SettingsDep) -> QueryRequest:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from rag.errors import EXIT_CODES, ExitCode, RagError, error_message, exit_code
+
 EPILOG = """\
 examples:
   rag-serve                                   serve ./rag-index on 127.0.0.1:8000
@@ -20,8 +22,10 @@ examples:
   OpenAI clients: base_url="http://localhost:8000/v1", any model name.
 
 Settings come from RAG_* environment variables (see README); the options here override them.
-A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set.
-"""
+A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set (exit 2). The models
+are found (and the packaged generator converted, once) before the server binds: a missing one exits 4.
+
+""" + EXIT_CODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.index is not None:
         overrides["index"] = {"path": args.index}
     try:
-        settings = Settings(**overrides)  # merged with RAG_* variables, and validated (insecure binds refused)
-    except ValidationError as exc:
-        print(f"rag-serve: error: {exc}", file=sys.stderr)
-        return 2
+        settings = Settings().with_overrides(overrides)  # validated: insecure binds are refused
+        _find_models(settings)
+    except (RagError, ValidationError) as exc:
+        print(f"rag-serve: error: {error_message(exc)}", file=sys.stderr)
+        return exit_code(exc)
     import uvicorn
 
     from api.app import create_app
@@ -59,7 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
 
     uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_level=args.log_level)
-    return 0
+    return ExitCode.OK
+
+
+def _find_models(settings) -> None:
+    """ModelUnavailable now, with the fix, rather than a failed start-up inside the server."""
+    from rag.models import resolve_embedder, resolve_generator, select_device
+
+    select_device(settings.models)
+    resolve_embedder(settings.models)
+    resolve_generator(settings.models)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -15,28 +13,13 @@ import numpy as np
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, RAM, load, library versions and the GPU (or "no GPU"), with the date and command."""
-    import faiss
-    import torch
+    """``rag.machine.machine_info`` (CPU, cores, RAM, load, versions, GPU) with the date and the command."""
+    from rag.machine import machine_info as describe
 
-    from rag.indexing.vector_index import gpu_count
-
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return {
         "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
         "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gib": _ram_gib(),
-        # A busy machine shows here: figures taken with a load average near the core count are not results.
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda_device": cuda,
-        "faiss": faiss.__version__,
-        "faiss_gpus": gpu_count(),
+        **describe(),
     }
 
 
@@ -45,11 +28,11 @@ def print_header(title: str, info: dict[str, Any]) -> None:
     print(f"== {title} ==")
     print(f"date:     {info['date']}")
     print(f"command:  {info['command']}")
-    print(f"cpu:      {info['cpu']} ({info['cores']} cores, {info['cores_usable']} usable), "
+    print(f"cpu:      {info['cpu']} ({info['cpu_count']} cores, {info['cores_usable']} usable), "
           f"RAM {info['ram_gib']} GiB, load average {' '.join(map(str, info['load_average']))}")
     print(f"software: python {info['python']}, torch {info['torch']} ({info['torch_threads']} threads), "
           f"faiss {info['faiss']}")
-    print(f"gpu:      {info['cuda_device']} (faiss sees {info['faiss_gpus']})")
+    print(f"gpu:      {info['gpu'] or 'no GPU'} (faiss sees {info['faiss_gpus']})")
     print(flush=True)
 
 
@@ -88,26 +71,6 @@ def parse_int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
 
 
 def _jsonable(value: Any) -> Any:

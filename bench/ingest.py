@@ -83,19 +83,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no PDF files under {docs} (for the manuals corpus run `bash bench/fetch_manuals.sh`)")
         corpora.append((docs, files[: args.quick] if args.quick else files))
 
-    from rag.runtime import load_embedder, quiet_libraries
+    from rag.runtime import build_embedder, quiet_libraries
     from rag.settings import Settings
 
     quiet_libraries()
     info = machine_info()
     print_header("ingest: ours vs LangChain baseline", info)
-    settings = Settings()
-    if args.workers is not None:
-        settings.ingest.workers = args.workers
+    settings = Settings().with_overrides({} if args.workers is None else {"ingest": {"workers": args.workers}})
     workers = settings.ingest.workers or os.cpu_count() or 1
 
     started = time.perf_counter()
-    embedder, embedder_path = load_embedder(settings)
+    embedder = build_embedder(settings).load()
+    embedder_path = embedder.model_path
     embedder.embed_documents(["warm-up passage"] * 8)  # first-call allocations stay out of the timed runs
     load_s = time.perf_counter() - started
     print(f"embedder {settings.models.embedder} on {embedder.device}: loaded in {load_s:.1f} s (excluded); "
@@ -136,21 +135,15 @@ def main(argv: list[str] | None = None) -> int:
 def run_ours(settings, embedder, embedder_path: str, docs: Path, index_dir: Path) -> dict[str, Any]:
     """Our ingest into a fresh index, then an unchanged rerun; stage seconds from the IngestReport."""
     from rag.ingestion.chunking import token_counter
-    from rag.runtime import make_ingestor
     from rag.indexing.index import DocumentIndex
+    from rag.runtime import Runtime
 
-    settings = settings.model_copy(deep=True)
-    settings.index.path = index_dir
-    ingestor = make_ingestor(settings, embedder, embedder_path)
+    settings = settings.with_overrides({"index": {"path": index_dir}})
 
     def sync() -> tuple[Any, float]:
         started = time.perf_counter()
-        index = DocumentIndex.open(index_dir, settings.index, create=True)
-        try:
-            with index.writing():
-                report = ingestor.sync_folder(index, docs)
-        finally:
-            index.close()
+        with Runtime(settings, embedder=embedder).start_ingest() as runtime:
+            report = runtime.documents.sync_folder(docs)
         return report, time.perf_counter() - started
 
     first, wall = sync()

@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag.settings import Settings
 
     quiet_libraries()
-    settings = Settings()
-    settings.index.path = args.index
+    settings = Settings().with_overrides({"index": {"path": args.index}})
     runtime = Runtime(settings).start()
     try:
         uvicorn.run(create_naive_app(settings, runtime), host="127.0.0.1", port=args.port, log_level="warning")

@@ -116,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         ids = np.arange(n, dtype=np.int64)
         truth = None  # exact top-k ids per query, from the CPU flat index
         for kind in _ordered(kinds):
-            settings = base.model_copy(update={"kind": kind})
+            settings = _with(base, kind=kind)
             started = time.perf_counter()
             index = _build(ids, data, settings, args.dim, kind)
             build_s = time.perf_counter() - started
             if truth is None:
-                truth = (index if kind == "flat" else _build(ids, data, settings.model_copy(update={"kind": "flat"}),
+                truth = (index if kind == "flat" else _build(ids, data, _with(settings, kind="flat"),
                                                              args.dim, "flat")).search(queries, K)[1]
             row = _measure(index, queries, truth, args)
             rows.append({"size": n, "kind": index.kind, "device": "cpu", "build_s": build_s, **row})
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 _print_row(rows[-1])
             elif gpus:
                 # The same built index with GPU search allowed: VectorIndex copies it on the next search.
-                index.settings = settings.model_copy(update={"use_gpu": "auto"})
+                index.settings = _with(settings, use_gpu="auto")
                 started = time.perf_counter()
                 index.search(queries[:1], K)
                 copy_s = time.perf_counter() - started
@@ -229,6 +229,11 @@ def _print_row(row: dict[str, Any]) -> None:
     print(f"{label}  build {fmt(row['build_s'], 2)} s{copy} | batch 1: {fmt(row['qps_batch1'])} q/s, "
           f"p50 {fmt(row['p50_ms_batch1'], 3)} ms, p95 {fmt(row['p95_ms_batch1'], 3)} ms | batch {row['batch']}: "
           f"{fmt(row['qps_batched'])} q/s | recall@10 {row['recall_at_10']:.4f}", flush=True)
+
+
+def _with(settings: Any, **values: Any) -> Any:
+    """A copy of a settings section with ``values``, validated again (never assigned after validation)."""
+    return type(settings).model_validate({**settings.model_dump(), **values})
 
 
 if __name__ == "__main__":

@@ -167,8 +167,7 @@ class LocalServers:
         from rag.runtime import Runtime
         from rag.settings import Settings
 
-        settings = Settings()
-        settings.index.path = args.index or tmp / "index"
+        settings = Settings().with_overrides({"index": {"path": args.index or tmp / "index"}})
         if args.docs:
             started = time.perf_counter()
             report = _ingest(settings, args.docs)
@@ -252,15 +251,10 @@ def _free_port() -> int:
 
 
 def _ingest(settings, docs: Path):
-    from rag.runtime import make_ingestor
-    from rag.indexing.index import DocumentIndex
+    from rag.runtime import Runtime
 
-    index = DocumentIndex.open(settings.index.path, settings.index, create=True)
-    try:
-        with index.writing():
-            return make_ingestor(settings).sync_folder(index, docs)
-    finally:
-        index.close()
+    with Runtime(settings).start_ingest() as runtime:
+        return runtime.documents.sync_folder(docs)
 
 
 def generator_token_counter() -> Callable[[str], int]:

@@ -17,11 +17,11 @@ from rag.evaluation.metrics import PRIMARY_METRIC
 
 
 def mean_by_point(report: dict) -> dict[tuple[float, float], dict[str, float]]:
-    """(min_relevance, min_support) -> {set name: grounded accuracy} over the sets that were swept."""
+    """(min_relevance, min_confidence) -> {set name: grounded accuracy} over the sets that were swept."""
     table: dict[tuple[float, float], dict[str, float]] = defaultdict(dict)
     for entry in report["sets"]:
         for point in (entry.get("sweep") or {}).get("points", []):
-            key = (round(point["min_relevance"], 4), round(point["min_support"], 4))
+            key = (round(point["min_relevance"], 4), round(point["min_confidence"], 4))
             table[key][entry["name"]] = point["metrics"][PRIMARY_METRIC]
     return table
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         ((sum(s.values()) / len(s), key, s) for key, s in table.items() if len(s) == len(sets)),
         key=lambda row: (-row[0], -row[1][0], -row[1][1]),
     )
-    print(f"{'mean':>6}  {'min_relevance':>13}  {'min_support':>11}  " + "  ".join(f"{n:>12}" for n in sets))
+    print(f"{'mean':>6}  {'min_relevance':>13}  {'min_confidence':>11}  " + "  ".join(f"{n:>12}" for n in sets))
     for mean, (relevance, support), scores in ranked[: args.top]:
         print(f"{mean:6.3f}  {relevance:13.2f}  {support:11.2f}  " + "  ".join(f"{scores[n]:12.3f}" for n in sets))
     return 0

@@ -11,18 +11,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from rag.errors import ModelUnavailable, RagError, UsageError
-from rag.indexing.index import DocumentIndex, IndexBusy, IndexIncompatible
+from rag.errors import EXIT_CODES, ExitCode, RagError, UsageError, error_message, exit_code
 from rag.settings import Settings
 from rag.types import IngestReport
 
-EXIT_OK = 0  # every PDF ingested (or unchanged)
-EXIT_SOME_FAILED = 1  # the index was updated, but some files were reported and skipped
-EXIT_USAGE = 2  # bad arguments, a missing or empty folder, invalid settings
-EXIT_INDEX = 3  # the index is busy (another ingest) or was built with other models/chunking
-EXIT_MODEL = 4  # a model is missing or failed verification
-
-EPILOG = """\
+EPILOG = f"""\
 examples:
   rag-ingest samples/docs                      index the bundled sample into ./rag-index
   rag-ingest ~/reports --index /data/reports   choose where the index lives
@@ -32,9 +25,7 @@ examples:
 A rerun only touches what changed: unchanged files (same content hash) are skipped, changed files are
 re-embedded, deleted files are removed. Settings come from RAG_* environment variables (see README).
 
-exit codes: 0 all ingested; 1 some files failed (reported, the rest ingested); 2 usage error;
-            3 index busy or incompatible; 4 model unavailable
-"""
+{EXIT_CODES}"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,49 +48,41 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     try:
-        settings = Settings()
-        if args.index:
-            settings.index.path = args.index
-        if args.workers is not None:
-            if args.workers < 1:
-                raise UsageError(f"--workers must be >= 1, got {args.workers}")
-            settings.ingest.workers = args.workers
+        settings = Settings().with_overrides(overrides(args))  # validated like RAG_* variables
         report = run(settings, args.docs_dir, rebuild=args.rebuild, show_progress=not (args.quiet or args.json))
-    except (UsageError, ValidationError) as exc:
-        print(f"rag-ingest: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (IndexBusy, IndexIncompatible) as exc:
-        print(f"rag-ingest: error: {exc}", file=sys.stderr)
-        return EXIT_INDEX
-    except ModelUnavailable as exc:
-        print(f"rag-ingest: error: {exc}", file=sys.stderr)
-        return EXIT_MODEL
-    except RagError as exc:
-        print(f"rag-ingest: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (RagError, ValidationError) as exc:
+        print(f"rag-ingest: error: {error_message(exc)}", file=sys.stderr)
+        return exit_code(exc)
     if args.json:
         print(json.dumps(report_dict(report, settings.index.path), indent=2))
     else:
         print(summary(report, settings.index.path), file=sys.stderr)
-    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+    return ExitCode.PARTIAL if report.failed else ExitCode.OK
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """The settings the flags override, nested by section."""
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    values: dict = {}
+    if args.index:
+        values["index"] = {"path": args.index}
+    if args.workers is not None:
+        values["ingest"] = {"workers": args.workers}
+    return values
 
 
 def run(settings: Settings, docs_dir: Path, rebuild: bool = False, show_progress: bool = True) -> IngestReport:
     """Ingest ``docs_dir`` into the index named by settings; returns the report."""
     from tqdm import tqdm
 
-    from rag.runtime import make_ingestor
     from rag.ingestion.ingestor import find_pdfs
+    from rag.runtime import Runtime
 
     files = find_pdfs(docs_dir)  # fail on a missing or empty folder before loading any model
-    index = DocumentIndex.open(settings.index.path, settings.index, create=True)
-    try:
-        with index.writing():
-            ingestor = make_ingestor(settings)
-            with tqdm(total=len(files), unit="file", desc="ingest", disable=not show_progress, file=sys.stderr) as bar:
-                return ingestor.sync_folder(index, docs_dir, rebuild=rebuild, progress=bar.update)
-    finally:
-        index.close()
+    with Runtime(settings).start_ingest() as runtime:
+        with tqdm(total=len(files), unit="file", desc="ingest", disable=not show_progress, file=sys.stderr) as bar:
+            return runtime.documents.sync_folder(docs_dir, rebuild=rebuild, progress=bar.update)
 
 
 def report_dict(report: IngestReport, index_path: Path) -> dict:

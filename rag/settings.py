@@ -3,13 +3,17 @@
 Values come from (highest first): keyword arguments, environment variables prefixed ``RAG_`` with ``__``
 between nested sections (``RAG_RETRIEVAL__TOP_K=8``), an optional ``.env`` file or the file named by
 ``RAG_SETTINGS_FILE``, then the defaults below. Nothing else in the code reads ``os.environ``.
+
+Settings are never assigned after validation: a command flag or a test that needs other values builds a new
+instance with ``settings.with_overrides({"index": {"path": p}})``, which runs every check again.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -146,8 +150,8 @@ class GenerationSettings(BaseModel):
     )
     calibrator: Path | None = Field(
         None,
-        description="Confidence model file (JSON, from `python -m evals.calibrate`); None uses the packaged one "
-        "(rag/answering/calibrator.json). Set to an empty path's parent-less name 'none' to disable.",
+        description="Confidence model file (JSON, from `python -m evals.calibrate`); None uses the packaged "
+        "rag/answering/calibrator.json. Without any, every answer the generator draws from the evidence is given.",
     )
     min_confidence: float | None = Field(
         None, ge=0.0, le=1.0,
@@ -166,18 +170,6 @@ class GenerationSettings(BaseModel):
         "decode step (torch.compile, CUDA graphs), the usual remedy for launch-bound single-request decoding. The "
         "first calls at each batch size compile (tens of seconds). Off by default: checked for identical output on "
         "the CPU, where it does not compile; its GPU speed is not measured yet (docs/benchmarks.md).",
-    )
-    judge: bool = Field(
-        False,
-        description="Verification also asks the generator whether the cited passage states the answer (one more "
-        "prefill per answer). Off by default: on 33 squad2-dev questions its P(yes) did not separate right answers "
-        "(0.25-0.37) from wrong ones (0.19-0.69); see docs/evaluation.md.",
-    )
-    min_support: float = Field(
-        0.55, ge=0.0, le=1.0,
-        description="Verification: an answer whose support by its cited passages scores below this becomes an "
-        "abstention. Same sweep: at min_relevance 0.60 the squad2-dev + clapnq-dev mean grounded accuracy is "
-        "0.630 for any value in 0.55-0.90 (0.620 at 0.50 and below); the lowest of the best is taken.",
     )
 
 
@@ -223,3 +215,20 @@ class Settings(BaseSettings):
         if self.generation.max_new_tokens > self.generation.max_new_tokens_limit:
             raise ValueError("generation.max_new_tokens must not exceed generation.max_new_tokens_limit")
         return self
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """A new Settings: ``overrides`` (nested by section, ``{"generation": {"max_new_tokens": 64}}``) over
+        this one's values, validated again (field limits and the checks above); raises ValidationError."""
+        return type(self).model_validate(_merged(self.model_dump(), overrides))
+
+
+def _merged(base: dict[str, Any], overrides: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if key not in merged:  # a misspelt name would otherwise be dropped without a word
+            raise KeyError(f"unknown setting {where}{key!r}; known here: {', '.join(sorted(merged))}")
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value, f"{where}{key}.")
+        else:
+            merged[key] = value
+    return merged

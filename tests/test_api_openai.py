@@ -83,7 +83,9 @@ def test_openai_client_non_streaming(client):
     assert "Porter" in completion.choices[0].message.content
     assert completion.choices[0].message.content == extra["rag"]["answer"]
     assert cites_page(extra["citations"], "Steam_engine.pdf", 3), extra["citations"]
-    assert completion.usage is not None and completion.usage.total_tokens >= 0
+    usage = completion.usage  # the question was answered, so it was generated: real token counts
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= TOKENS
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
 @pytest.mark.e2e
@@ -118,8 +120,7 @@ def test_openai_client_sees_validation_errors(client):
 
 def test_openai_client_with_api_key(runtime):
     """The client's api_key is the Bearer token the service checks."""
-    settings = runtime.settings.model_copy(deep=True)
-    settings.api.api_key = "sk-local"
+    settings = runtime.settings.with_overrides({"api": {"api_key": "sk-local"}})
     no_question = [{"role": "system", "content": "no question here"}]  # passes auth, then fails validation
     with serve(create_app(settings, runtime=runtime)) as url:
         wrong = openai.OpenAI(base_url=url, api_key="sk-wrong", max_retries=0, timeout=30)

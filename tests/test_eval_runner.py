@@ -1,7 +1,7 @@
-"""The evaluation runner, the offline threshold sweep, the report writer, the baseline and the rag-eval CLI.
+"""The evaluator, the offline threshold sweep, the typed report and its writer, and the baseline.
 
-Fast tests use hand-built records and fake pipelines; the baseline's page mapping reads a real PDF; the e2e
-test runs ``rag-eval`` in process, with real models, on a 4-question set built from squad2-dev.
+Fast tests use hand-built records and fake pipelines; the baseline's page mapping reads a real PDF. The
+rag-eval command is in test_eval_cli.py.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from rag.evaluation.dataset import EvalSet, QAItem, load_set, sample
-from rag.evaluation.metrics import PRIMARY_METRIC, Prediction, aggregate, score_question
-from rag.evaluation.runner import (
-    Evaluator, QuestionRecord, answer_from_json, apply_thresholds, best_point, default_grid, make_record,
+from rag.evaluation import (
+    EvalReport, Evaluator, QuestionRecord, RunOptions, SetReport, Sweep, apply_thresholds, best_point,
     sweep_thresholds,
 )
+from rag.evaluation.dataset import EvalSet, QAItem
+from rag.evaluation.metrics import PRIMARY_METRIC, Prediction, aggregate, score_question
+from rag.evaluation.pipelines import answer_from_json
+from rag.evaluation.records import make_record
+from rag.evaluation.sweep import default_grid
 from rag.types import Answer, Citation
 from tests.conftest import eval_set
 
@@ -68,18 +71,18 @@ RECORDS = [
 # ----------------------------------------------------------------------------------------- offline sweep
 
 
-def test_low_support_answer_becomes_abstention_at_higher_threshold():
+def test_low_confidence_answer_becomes_abstention_at_higher_threshold():
     record = RECORDS[0]
-    kept = apply_thresholds(record, min_relevance=0.0, min_support=0.2)
+    kept = apply_thresholds(record, min_relevance=0.0, min_confidence=0.2)
     assert kept.answer is not None and not kept.answer.abstained and kept.answer.text == "Paris"
-    gated = apply_thresholds(record, min_relevance=0.0, min_support=0.5)
+    gated = apply_thresholds(record, min_relevance=0.0, min_confidence=0.5)
     assert gated.answer is not None and gated.answer.abstained
     assert gated.answer.draft == "Paris" and "support" in gated.answer.reason
     assert gated.retrieved == record.retrieved  # retrieval metrics do not depend on the thresholds
 
 
 def test_low_relevance_answer_becomes_abstention_and_others_stay():
-    gated = apply_thresholds(RECORDS[1], min_relevance=0.3, min_support=0.0)
+    gated = apply_thresholds(RECORDS[1], min_relevance=0.3, min_confidence=0.0)
     assert gated.answer is not None and gated.answer.abstained and "relevance" in gated.answer.reason
     assert apply_thresholds(RECORDS[2], 0.9, 0.9).answer.abstained  # an abstention stays one
     assert apply_thresholds(RECORDS[3], 0.9, 0.9).answer is None  # a failure stays a failure
@@ -89,7 +92,7 @@ def test_low_relevance_answer_becomes_abstention_and_others_stay():
 
 def test_sweep_recomputes_metrics_over_the_grid():
     points = sweep_thresholds(ITEMS, RECORDS, [0.0, 0.3], [0.0, 0.5])
-    by = {(p.min_relevance, p.min_support): p.metrics for p in points}
+    by = {(p.min_relevance, p.min_confidence): p.metrics for p in points}
     assert len(points) == 4 and set(by[(0.0, 0.0)]) == METRIC_KEYS
     # open gates: "good" (grounded) and "skip" (abstained, unanswerable) are right; "trap" is a hallucination
     assert by[(0.0, 0.0)][PRIMARY_METRIC] == pytest.approx(2 / 4)
@@ -101,7 +104,7 @@ def test_sweep_recomputes_metrics_over_the_grid():
     assert by[(0.3, 0.5)][PRIMARY_METRIC] == pytest.approx(2 / 4) and by[(0.3, 0.5)]["answered"] == 0
     assert all(m["failed"] == 1 for m in by.values())
     best = best_point(points)
-    assert (best.min_relevance, best.min_support) == (0.3, 0.0)
+    assert (best.min_relevance, best.min_confidence) == (0.3, 0.0)
 
 
 def test_sweep_needs_a_record_per_question():
@@ -171,7 +174,7 @@ def test_answer_from_query_response():
 def test_http_pipeline_posts_the_question_and_reads_citations():
     import httpx
 
-    from rag.evaluation.runner import HttpPipeline
+    from rag.evaluation import HttpPipeline
 
     seen = {}
 
@@ -203,39 +206,31 @@ def test_http_pipeline_posts_the_question_and_reads_citations():
 # ------------------------------------------------------------------------------------------ report writer
 
 
-def _hand_report() -> dict:
+def _hand_report() -> EvalReport:
+    """A typed report of RECORDS: ours, a "baseline" with the same records, and a 2 x 2 sweep."""
     from rag.settings import Settings
 
     result = Evaluator(_eval_set(ITEMS)).result("ours", RECORDS, wall_s=3.0)
-    baseline = Evaluator(_eval_set(ITEMS)).result("baseline", RECORDS[:2] + RECORDS[2:], wall_s=2.0)
+    baseline = Evaluator(_eval_set(ITEMS)).result("baseline", RECORDS, wall_s=2.0)
     points = sweep_thresholds(ITEMS, RECORDS, [0.0, 0.3], [0.0, 0.5])
-    from dataclasses import asdict
-
-    def as_dict(r):
-        records = [x.to_dict() for x in r.records]
-        return {"n": r.metrics["n"], "metrics": r.metrics, "wall_s": r.wall_s, "records": records}
-
-    return {
-        "primary_metric": PRIMARY_METRIC, "date": "2026-01-01T00:00:00+00:00", "command": "rag-eval --set x",
-        "machine": {"platform": "Linux", "cpu_count": 2, "torch": "2", "device": "cpu", "gpu": None},
-        "settings": Settings().model_dump(mode="json"),
-        "run": {"pipelines": ["ours", "baseline"], "limit": None, "seed": 0, "concurrency": 4, "timeout_s": 300},
-        "sets": [{
-            "name": "handmade", "questions_in_set": 4,
-            "sample": {"n": 4, "answerable": 2, "unanswerable": 2},
-            "results": {"ours": as_dict(result), "baseline": as_dict(baseline)},
-            "sweep": {
-                "configured": {"min_relevance": 0.3, "min_support": 0.5},
-                "grid": {"min_relevance": [0.0, 0.3], "min_support": [0.0, 0.5]},
-                "points": [asdict(p) for p in points], "best": asdict(best_point(points)), "best_ties": 1,
-                "at_configured": points[-1].metrics, "open_run": as_dict(result),
-            },
-        }],
-    }
+    sweep = Sweep(
+        configured=points[-1], relevance_grid=(0.0, 0.3), confidence_grid=(0.0, 0.5), points=tuple(points),
+        best=best_point(points), ties=1, span={"min_relevance": (0.3, 0.3), "min_confidence": (0.0, 0.0)},
+        open_run=result,
+    )
+    entry = SetReport(
+        name="handmade", root=Path("handmade"), questions_in_set=4, items=tuple(ITEMS), limit=None, seed=0,
+        results={"ours": result, "baseline": baseline}, sweep=sweep,
+    )
+    return EvalReport(
+        date="2026-01-01T00:00:00+00:00", command="rag-eval --set x",
+        machine={"platform": "Linux", "cpu_count": 2, "torch": "2", "device": "cpu", "gpu": None},
+        settings=Settings().model_dump(mode="json"), run=RunOptions(pipelines=("ours", "baseline")), sets=[entry],
+    )
 
 
 def test_report_writer_writes_json_markdown_and_plots(tmp_path):
-    from evals.report import write_report
+    from rag.evaluation.render import write_report
 
     paths = write_report(tmp_path / "out", _hand_report())
     names = {p.name for p in paths}
@@ -285,176 +280,51 @@ def load_pages_of(docs: Path, name: str, load_pages):
         return load_pages(Path(folder))
 
 
-def test_runtime_for_index_shares_the_models_of_the_first_set(small_index, tmp_path):
-    """A second set's runtime reuses the loaded models, has its own index, and closing it spares the base."""
-    from rag.evaluation.runner import close_shared, runtime_for_index
-    from rag.runtime import Runtime
-    from tests.conftest import make_settings
-
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    shutil.copy(eval_set("squad2-dev") / "docs" / "Normans.pdf", docs / "Normans.pdf")
-    base = Runtime(small_index).start(with_generator=False)
-    try:
-        runtime = runtime_for_index(base, make_settings(tmp_path / "other-index"))
-        try:
-            assert runtime.embedder is base.embedder and runtime.index is not base.index and runtime.answers is None
-            with runtime.index.writing():
-                assert runtime.ingestor.sync_folder(runtime.index, docs).new == 1
-            passages = runtime.retriever.retrieve("What continent are the Canarian Islands off the coast of?", 10)
-            assert passages and {p.chunk.document for p in passages} == {"Normans.pdf"}
-        finally:
-            close_shared(runtime)
-        assert "Steam_engine.pdf" in {p.chunk.document for p in base.retriever.retrieve("steam engine boiler", 5)}
-    finally:
-        base.close()
+# ------------------------------------------------------------------------------------------------ sweep
 
 
-# -------------------------------------------------------------------------------------------------- CLI
+class OpenGates:
+    """A fake open-gates run of ours: answers each question as RECORDS did (raising for the failed one)."""
 
-
-def test_cli_reports_a_malformed_line_with_its_number(tmp_path, capsys):
-    from evals.cli import EXIT_USAGE, main
-
-    root = tmp_path / "broken-set"
-    (root / "docs").mkdir(parents=True)
-    shutil.copy(eval_set("squad2-dev") / "docs" / "Normans.pdf", root / "docs" / "Normans.pdf")
-    good = json.dumps({
-        "id": "q1", "question": "Who?", "answerable": False, "answers": [], "doc": "Normans.pdf", "pages": [],
-        "answer_style": "short", "source": "test",
-    })
-    (root / "qa.jsonl").write_text(good + "\n" + '{"id": "q2", "question": \n')
-    code = main(["--set", str(root), "--index-root", str(tmp_path / "idx"), "--out", str(tmp_path / "out")])
-    assert code == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert "line 2" in err and "qa.jsonl" in err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "idx").exists()  # failed before any work
-
-
-def test_cli_refuses_bad_arguments(tmp_path, capsys):
-    from evals.cli import EXIT_USAGE, main
-
-    root = str(eval_set("squad2-dev"))
-    assert main(["--set", root, "--limit", "0"]) == EXIT_USAGE
-    assert main(["--set", root, "--sweep", "--url", "http://127.0.0.1:1"]) == EXIT_USAGE
-    assert main(["--set", root, "--pipeline", "baseline", "--min-grounded-accuracy", "0.5"]) == EXIT_USAGE
-    assert "--min-grounded-accuracy checks ours" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:  # argparse's own usage errors exit 2 too
-        main(["--pipeline", "ours"])
-    assert exc.value.code == EXIT_USAGE
-
-
-def test_cli_sweep_runs_with_open_gates_and_picks_the_best_thresholds(monkeypatch, capsys, tmp_path):
-    """The CLI's sweep step on a fake open-gates pipeline: the records of RECORDS, re-scored over the grid."""
-    import argparse
-    from types import SimpleNamespace
-
-    from evals import cli
-    from rag.settings import Settings
-
+    name = "ours (gates open)"
     answers = {item.question: record.to_prediction() for item, record in zip(ITEMS, RECORDS)}
 
-    class OpenGates:
-        def __init__(self, runtime, answers_service, name):
-            assert answers_service == "open" and "gates open" in name
-            self.name = name
+    async def ask(self, question):
+        pred = self.answers[question]
+        if pred.answer is None:
+            raise RuntimeError("boom")
+        return pred.answer, list(pred.retrieved)
 
-        async def ask(self, question):
-            pred = answers[question]
-            if pred.answer is None:
-                raise RuntimeError("boom")
-            return pred.answer, list(pred.retrieved)
 
-    monkeypatch.setattr(cli, "open_gates", lambda runtime: "open")
-    monkeypatch.setattr(cli, "OursPipeline", OpenGates)
-    runtime = SimpleNamespace(settings=Settings())
-    args = argparse.Namespace(concurrency=2, timeout=5.0, quiet=True, out=tmp_path)
-    sweep = asyncio.run(cli._sweep(_eval_set(ITEMS), ITEMS, runtime, args))
-    defaults = Settings()
-    assert sweep["configured"] == {
-        "min_relevance": defaults.retrieval.min_relevance, "min_support": defaults.generation.min_support,
-    }
-    assert 0.3 in sweep["grid"]["min_relevance"] and 0.5 in sweep["grid"]["min_support"]
-    assert len(sweep["points"]) == len(sweep["grid"]["min_relevance"]) * len(sweep["grid"]["min_support"])
-    # "trap" (relevance 0.2) is gated from 0.25 up, "good" (support 0.3, relevance 0.6) kept below 0.35 / 0.65
-    assert sweep["best"]["metrics"][PRIMARY_METRIC] == pytest.approx(3 / 4)
-    assert (sweep["best"]["min_relevance"], sweep["best"]["min_support"]) == (0.25, 0.0)
-    assert sweep["at_configured"][PRIMARY_METRIC] == pytest.approx(2 / 4)  # support 0.5 drops "good"
-    assert sweep["open_run"]["n"] == 4 and sweep["open_run"]["metrics"]["failed"] == 1
-    assert "min_relevance 0.25 and min_support 0.00" in capsys.readouterr().err
+def test_sweep_of_an_open_gates_run_picks_the_best_thresholds(tmp_path):
+    """A run's records land in partial/ as they finish; the sweep re-scores them over the default grid."""
+    from rag.evaluation.run import _Run
+    from rag.settings import Settings
+
+    options = RunOptions(pipelines=("ours",), concurrency=2, timeout_s=5.0, partial_dir=tmp_path / "partial")
+    result = asyncio.run(_Run(options, None, lambda: None, print).run(_eval_set(ITEMS), ITEMS, OpenGates()))
     partial = (tmp_path / "partial" / "handmade.ours_gates_open_.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in partial) == sorted(item.id for item in ITEMS)
 
-
-def test_floor_check_exits_1_below_the_floor(capsys):
-    from evals.cli import EXIT_BELOW_FLOOR, EXIT_OK, _floor_check
-
-    report = _hand_report()  # ours scores 0.5 on "handmade"
-    assert _floor_check(report, None) == EXIT_OK
-    assert _floor_check(report, 0.5) == EXIT_OK
-    assert _floor_check(report, 0.6) == EXIT_BELOW_FLOOR
-    assert "handmade: ours' grounded accuracy 0.500 is below the floor 0.600" in capsys.readouterr().err
-
-
-def test_ci_sample_is_balanced_and_fixed():
-    from evals.ci_sample import CI_LIMIT, CI_SEED, ci_argv
-
-    items = sample(load_set(eval_set("squad2-dev")).items, CI_LIMIT, CI_SEED)
-    assert len(items) == 40 and sum(i.answerable for i in items) == 20
-    assert [i.id for i in items] == [i.id for i in sample(load_set(eval_set("squad2-dev")).items, 40, 0)]
-    argv = ci_argv(Path("x"))
-    assert argv[argv.index("--limit") + 1] == "40" and "--min-grounded-accuracy" in argv
+    defaults = Settings()
+    configured = (defaults.retrieval.min_relevance, defaults.generation.min_confidence)
+    sweep = Sweep.of(ITEMS, result, configured).to_dict()
+    assert sweep["configured"] == {"min_relevance": configured[0], "min_confidence": configured[1]}
+    assert 0.3 in sweep["grid"]["min_relevance"] and 0.5 in sweep["grid"]["min_confidence"]
+    assert len(sweep["points"]) == len(sweep["grid"]["min_relevance"]) * len(sweep["grid"]["min_confidence"])
+    # "trap" (relevance 0.2) is gated from 0.25 up, "good" (support 0.3, relevance 0.6) kept below 0.35 / 0.65
+    assert sweep["best"]["metrics"][PRIMARY_METRIC] == pytest.approx(3 / 4)
+    assert (sweep["best"]["min_relevance"], sweep["best"]["min_confidence"]) == (0.25, 0.0)
+    assert sweep["at_configured"][PRIMARY_METRIC] == pytest.approx(2 / 4)  # support 0.5 drops "good"
+    assert sweep["open_run"]["n"] == 4 and sweep["open_run"]["metrics"]["failed"] == 1
+    assert "min_relevance 0.25 and min_confidence 0.00" in Sweep.of(ITEMS, result, configured).describe()
 
 
-# ------------------------------------------------------------------------------------------------- e2e
+def test_run_options_refuse_bad_values():
+    from rag.errors import UsageError
 
-
-def _tiny_set(root: Path) -> Path:
-    """docs/Normans.pdf and 4 squad2-dev questions on it: the first 2 answerable and the first 2 not."""
-    squad = eval_set("squad2-dev")
-    (root / "docs").mkdir(parents=True)
-    shutil.copy(squad / "docs" / "Normans.pdf", root / "docs" / "Normans.pdf")
-    lines = [json.loads(line) for line in (squad / "qa.jsonl").read_text().splitlines() if line.strip()]
-    normans = [d for d in lines if d["doc"] == "Normans.pdf"]
-    chosen = [d for d in normans if d["answerable"]][:2] + [d for d in normans if not d["answerable"]][:2]
-    (root / "qa.jsonl").write_text("".join(json.dumps(d) + "\n" for d in chosen))
-    return root
-
-
-@pytest.mark.e2e
-def test_rag_eval_end_to_end_on_a_tiny_set(tmp_path, capsys):
-    from evals.cli import EXIT_OK, main
-
-    root = _tiny_set(tmp_path / "tiny")
-    out = tmp_path / "report"
-    argv = [
-        "--set", str(root), "--pipeline", "both", "--index-root", str(tmp_path / "idx"),
-        "--out", str(out), "--max-new-tokens", "32", "--min-grounded-accuracy", "0", "-q",
-    ]
-    assert main(argv) == EXIT_OK
-    captured = capsys.readouterr()
-    assert "grounded_accuracy" in captured.out
-
-    for name in ("report.json", "report.md", "metrics-tiny.png"):
-        assert (out / name).stat().st_size > 0, name
-    report = json.loads((out / "report.json").read_text())
-    assert report["machine"]["cpu_count"] and report["settings"]["generation"]["max_new_tokens"] == 32
-    assert report["command"].startswith("rag-eval --set")
-    entry = report["sets"][0]
-    assert entry["name"] == "tiny" and entry["sample"] == {
-        "n": 4, "answerable": 2, "unanswerable": 2, "limit": None, "seed": 0
-    }
-    assert entry["ingest"]["new"] == 1
-    for pipeline in ("ours", "baseline"):
-        result = entry["results"][pipeline]
-        assert set(result["metrics"]) == METRIC_KEYS and result["n"] == 4 and result["metrics"]["n"] == 4
-        assert len(result["records"]) == 4
-        assert all(r["error"] is None for r in result["records"]), result["records"]
-        assert all(r["retrieved"] for r in result["records"])
-        assert result["metrics"]["recall@10"] > 0  # the gold page of an answerable question was retrieved
-    baseline_records = entry["results"]["baseline"]["records"]
-    assert all(c["document"] == "Normans.pdf" for r in baseline_records for c in r["citations"])
-    assert all(len(r["citations"]) == 4 for r in baseline_records)
-    assert entry["sweep"] is None  # the sweep step is covered on fakes above: it would cost a third run here
-    assert (tmp_path / "idx" / "tiny" / "index").is_dir() and (tmp_path / "idx" / "tiny" / "baseline-faiss").is_dir()
-    assert "| metric | ours | baseline |" in (out / "report.md").read_text()
+    for bad in ({"limit": 0}, {"concurrency": 0}, {"timeout_s": 0}, {"pipelines": ("mine",)},
+                {"sweep": True, "url": "http://x"}, {"url": "ftp://x"}):
+        with pytest.raises(UsageError):
+            RunOptions(**bad)
+    assert not RunOptions(pipelines=("baseline",)).needs_index and RunOptions(pipelines=("baseline",)).needs_runtime

@@ -13,18 +13,8 @@ from pypdf import PdfReader, PdfWriter
 
 from rag.evaluation.dataset import load_qa
 from rag.indexing.index import DocumentIndex, IndexIncompatible
-from rag.runtime import make_ingestor
 from tests import pdf_factory
-from tests.conftest import REPO, eval_set, make_settings
-
-
-def ingest(settings, docs: Path, embedder_bundle, rebuild: bool = False):
-    index = DocumentIndex.open(settings.index.path, settings.index, create=True)
-    try:
-        with index.writing():
-            return make_ingestor(settings, *embedder_bundle).sync_folder(index, docs, rebuild=rebuild)
-    finally:
-        index.close()
+from tests.conftest import REPO, eval_set, ingest, make_settings
 
 
 def chunk_ids(settings) -> dict[str, list[int]]:
@@ -65,14 +55,14 @@ def test_known_sentences_land_on_their_pages(small_index):
     assert checked >= 20, f"only {checked} evidence sentences found whole in a chunk"
 
 
-def test_sec_filing_pages_and_tables(tmp_path, embedder_bundle):
+def test_sec_filing_pages_and_tables(tmp_path, embedder):
     """A real 10-Q with tables: every page's chunks record it, and chunk spans are valid offsets."""
     source = eval_set("sec10q-dev") / "docs" / "2023 Q1 AAPL.pdf"
     docs = tmp_path / "docs"
     docs.mkdir()
     shutil.copy(source, docs / source.name)
     settings = make_settings(tmp_path / "index")
-    report = ingest(settings, docs, embedder_bundle)
+    report = ingest(settings, docs, embedder)
     pages = len(PdfReader(source).pages)
     assert report.pages == pages and not report.failed
     index = DocumentIndex.open(settings.index.path, settings.index)
@@ -88,7 +78,7 @@ def test_sec_filing_pages_and_tables(tmp_path, embedder_bundle):
     assert all(c.char_start < c.char_end for c in chunks)
 
 
-def test_incremental_rerun_touches_only_what_changed(tmp_path, embedder_bundle):
+def test_incremental_rerun_touches_only_what_changed(tmp_path, embedder):
     squad = eval_set("squad2-dev") / "docs"
     docs = tmp_path / "docs"
     (docs / "sub").mkdir(parents=True)
@@ -97,12 +87,12 @@ def test_incremental_rerun_touches_only_what_changed(tmp_path, embedder_bundle):
     shutil.copy(squad / "1973_oil_crisis.pdf", docs / "sub" / "1973_oil_crisis.pdf")
     settings = make_settings(tmp_path / "index")
 
-    first = ingest(settings, docs, embedder_bundle)
+    first = ingest(settings, docs, embedder)
     assert (first.new, first.changed, first.unchanged, first.removed) == (3, 0, 0, 0)
     before = chunk_ids(settings)
     assert set(before) == {"Normans.pdf", "Packet_switching.pdf", "sub/1973_oil_crisis.pdf"}
 
-    again = ingest(settings, docs, embedder_bundle)
+    again = ingest(settings, docs, embedder)
     assert (again.new, again.changed, again.unchanged, again.chunks_added) == (0, 0, 3, 0)
     assert chunk_ids(settings) == before
 
@@ -113,7 +103,7 @@ def test_incremental_rerun_touches_only_what_changed(tmp_path, embedder_bundle):
     (docs / "sub" / "1973_oil_crisis.pdf").unlink()
     shutil.copy(squad / "Harvard_University.pdf", docs / "Harvard_University.pdf")
 
-    third = ingest(settings, docs, embedder_bundle)
+    third = ingest(settings, docs, embedder)
     assert (third.new, third.changed, third.unchanged, third.removed) == (1, 1, 1, 0 + 1)
     after = chunk_ids(settings)
     assert after["Normans.pdf"] == before["Normans.pdf"]  # unchanged file kept its chunk ids
@@ -124,7 +114,7 @@ def test_incremental_rerun_touches_only_what_changed(tmp_path, embedder_bundle):
     assert len(all_ids) == len(set(all_ids)) == third.chunks_total  # no duplicate chunk
 
 
-def test_bad_pdfs_are_reported_and_skipped(tmp_path, embedder_bundle):
+def test_bad_pdfs_are_reported_and_skipped(tmp_path, embedder):
     good = eval_set("squad2-dev") / "docs" / "Normans.pdf"
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -138,7 +128,7 @@ def test_bad_pdfs_are_reported_and_skipped(tmp_path, embedder_bundle):
     pdf_factory.garbage_pdf(docs / "garbage.pdf")
     settings = make_settings(tmp_path / "index")
 
-    report = ingest(settings, docs, embedder_bundle)
+    report = ingest(settings, docs, embedder)
     reasons = {f.path: f.reason for f in report.failed}
     assert set(reasons) == {"truncated.pdf", "encrypted.pdf", "empty.pdf", "html.pdf", "zero.pdf", "scan.pdf", "garbage.pdf"}
     assert "password" in reasons["encrypted.pdf"]
@@ -149,16 +139,16 @@ def test_bad_pdfs_are_reported_and_skipped(tmp_path, embedder_bundle):
     assert report.new == 8  # every file was new; the failures are counted among them and listed
 
 
-def test_changing_chunking_needs_rebuild(tmp_path, embedder_bundle):
+def test_changing_chunking_needs_rebuild(tmp_path, embedder):
     docs = tmp_path / "docs"
     docs.mkdir()
     shutil.copy(eval_set("squad2-dev") / "docs" / "Normans.pdf", docs / "a.pdf")
-    ingest(make_settings(tmp_path / "index"), docs, embedder_bundle)
+    ingest(make_settings(tmp_path / "index"), docs, embedder)
     shutil.copy(eval_set("squad2-dev") / "docs" / "Steam_engine.pdf", docs / "b.pdf")
     other = make_settings(tmp_path / "index", chunking__chunk_tokens=128)
     with pytest.raises(IndexIncompatible, match="--rebuild"):
-        ingest(other, docs, embedder_bundle)
-    report = ingest(other, docs, embedder_bundle, rebuild=True)
+        ingest(other, docs, embedder)
+    report = ingest(other, docs, embedder, rebuild=True)
     assert report.changed == 1 and report.new == 1
     assert set(chunk_ids(other)) == {"a.pdf", "b.pdf"}
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.runtime import make_ingestor
 from rag.indexing.index import STORE_FILE, DocumentIndex
-from tests.conftest import REPO, eval_set, make_settings
+from tests.conftest import REPO, eval_set, ingest, make_settings
 
 FIRST = ("1973_oil_crisis.pdf",)
 LATER = ("1973_oil_crisis.pdf", "Normans.pdf", "Packet_switching.pdf", "Harvard_University.pdf")
@@ -28,7 +27,7 @@ CHILD_ENV = {"RAG_INGEST__CHECKPOINT_SECONDS": "0", "RAG_INGEST__EMBED_BATCH_SIZ
 DIE_BEFORE_COMMIT = """
 import os, signal, sys
 import rag.indexing.index
-rag.indexing.index._fsync_dir = lambda path: os.kill(os.getpid(), signal.SIGKILL)
+rag.indexing.index.fsync = lambda path: os.kill(os.getpid(), signal.SIGKILL)
 from ingest.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -60,7 +59,7 @@ def generation(index_dir: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, embedder_bundle):
+def corpus(tmp_path_factory, embedder):
     """docs_first/docs_later folders, a previous index of docs_first, and the uninterrupted result."""
     root = tmp_path_factory.mktemp("kill")
     squad = eval_set("squad2-dev") / "docs"
@@ -69,11 +68,7 @@ def corpus(tmp_path_factory, embedder_bundle):
         for name in names:
             shutil.copy(squad / name, root / folder / name)
     for target, docs in (("previous", "docs_first"), ("reference", "docs_later")):
-        settings = make_settings(root / target)
-        index = DocumentIndex.open(settings.index.path, settings.index, create=True)
-        with index.writing():
-            make_ingestor(settings, *embedder_bundle).sync_folder(index, root / docs)
-        index.close()
+        ingest(make_settings(root / target), root / docs, embedder)
     return root
 
 
@@ -86,16 +81,13 @@ def start_child(corpus: Path, index_dir: Path, script: str | None = None) -> sub
     )
 
 
-def rerun(corpus: Path, index_dir: Path, embedder_bundle) -> None:
-    settings = make_settings(index_dir)
-    index = DocumentIndex.open(index_dir, settings.index)
-    with index.writing():
-        make_ingestor(settings, *embedder_bundle).sync_folder(index, corpus / "docs_later")
-    index.close()
+def rerun(corpus: Path, index_dir: Path, embedder) -> None:
+    assert (index_dir / STORE_FILE).exists()  # the killed run's index, not a new one
+    ingest(make_settings(index_dir), corpus / "docs_later", embedder)
 
 
 @pytest.mark.parametrize("kill_after_generation", [1, 2, 3])
-def test_sigkill_at_a_commit_boundary(corpus, tmp_path, embedder_bundle, kill_after_generation):
+def test_sigkill_at_a_commit_boundary(corpus, tmp_path, embedder, kill_after_generation):
     """Kill once the child has committed up to a generation (1 = before its first commit)."""
     previous, reference = fingerprint(corpus / "previous"), fingerprint(corpus / "reference")
     index_dir = tmp_path / "index"
@@ -113,12 +105,12 @@ def test_sigkill_at_a_commit_boundary(corpus, tmp_path, embedder_bundle, kill_af
 
     after_kill = fingerprint(index_dir)  # loads, consistent, searchable
     assert previous <= after_kill <= reference  # previous content kept, nothing foreign
-    rerun(corpus, index_dir, embedder_bundle)
+    rerun(corpus, index_dir, embedder)
     assert fingerprint(index_dir) == reference
     assert sorted(p.name for p in index_dir.glob("vectors-*")) == [f"vectors-{generation(index_dir)}.faiss"]
 
 
-def test_sigkill_between_faiss_swap_and_commit(corpus, tmp_path, embedder_bundle):
+def test_sigkill_between_faiss_swap_and_commit(corpus, tmp_path, embedder):
     """The worst moment: the next FAISS file is in place but the store has not committed."""
     previous, reference = fingerprint(corpus / "previous"), fingerprint(corpus / "reference")
     index_dir = tmp_path / "index"
@@ -128,7 +120,7 @@ def test_sigkill_between_faiss_swap_and_commit(corpus, tmp_path, embedder_bundle
     assert len(list(index_dir.glob("vectors-*.faiss"))) == 2  # the orphan next file exists beside the current
 
     assert fingerprint(index_dir) == previous  # the store never committed: the previous index is in force
-    rerun(corpus, index_dir, embedder_bundle)
+    rerun(corpus, index_dir, embedder)
     assert fingerprint(index_dir) == reference
 
 

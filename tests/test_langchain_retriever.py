@@ -8,18 +8,16 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
-from rag.indexing.index import DocumentIndex
 from rag.answering.langchain_retriever import RagRetriever
-from rag.answering.retrieval import HybridRetriever
+from rag.runtime import Runtime
 
 CANARY_QUESTION = "What continent are the Canarian Islands off the coast of?"  # squad2-dev: Normans.pdf, page 6
 
 
 @pytest.fixture(scope="module")
-def hybrid(small_index, embedder_bundle):
-    index = DocumentIndex.open(small_index.index.path, small_index.index)
-    yield HybridRetriever(index, embedder_bundle[0], small_index.retrieval).load()
-    index.close()
+def hybrid(small_index, embedder):
+    with Runtime(small_index, embedder=embedder).start(with_generator=False) as runtime:
+        yield runtime.retriever
 
 
 def test_invoke_returns_documents_with_page_metadata(hybrid):

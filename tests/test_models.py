@@ -1,4 +1,5 @@
-"""Model resolution, the one-time GGUF conversion and its cache, and loading.
+"""Model resolution, the one-time GGUF conversion and its cache, and loading through the real loading path
+(``SentenceTransformerEmbedder.load``, ``TransformersGenerator.load``) and its errors.
 
 The embedder tests use the real packaged model (a second to load). The caching logic is checked with
 small fake GGUF parts and a stand-in converter; the one real conversion of the packaged generator runs
@@ -20,18 +21,18 @@ import numpy as np
 import pytest
 
 from rag import models
+from rag.answering.generation import TransformersGenerator
 from rag.errors import ModelUnavailable
+from rag.indexing.embedding import SentenceTransformerEmbedder
 from rag.models import (
     GgufPart,
     GgufSource,
     ensure_converted,
-    load_embedder,
-    load_generator,
     resolve_embedder,
     resolve_generator,
     select_device,
 )
-from rag.settings import ModelSettings
+from rag.settings import GenerationSettings, ModelSettings
 
 QWEN = "qwen2.5-coder-0.5b-instruct-q4km"
 
@@ -64,11 +65,10 @@ def test_packaged_embedder_resolves_to_its_folder() -> None:
     assert (folder / "model.safetensors").is_file()
 
 
-def test_load_embedder_gives_384_dimensional_embeddings(offline: None) -> None:
-    model = load_embedder(ModelSettings(device="cpu"))
-    embeddings = model.encode(
-        ["The cat sat on the mat.", "A cat was sitting on a mat."], normalize_embeddings=True
-    )  # (2, 384)
+@pytest.mark.models
+def test_packaged_embedder_gives_384_dimensional_embeddings(offline: None) -> None:
+    embedder = SentenceTransformerEmbedder(resolve_embedder(ModelSettings()), "cpu").load()
+    embeddings = embedder.embed_documents(["The cat sat on the mat.", "A cat was sitting on a mat."])  # (2, 384)
     assert embeddings.shape == (2, 384)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     assert float(embeddings[0] @ embeddings[1]) > 0.8
@@ -308,14 +308,17 @@ def test_select_device(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_hub_ids_fail_to_load_with_the_fix(offline: None, tmp_path: Path) -> None:
     unknown = "no-such-org/no-such-model-3f9a"
     with pytest.raises(ModelUnavailable, match="RAG_MODELS__EMBEDDER"):
-        load_embedder(ModelSettings(embedder=unknown, device="cpu"))
+        SentenceTransformerEmbedder(resolve_embedder(ModelSettings(embedder=unknown)), "cpu").load()
+    path = resolve_generator(ModelSettings(generator=unknown, cache_dir=tmp_path))
     with pytest.raises(ModelUnavailable, match="RAG_MODELS__GENERATOR"):
-        load_generator(ModelSettings(generator=unknown, device="cpu", cache_dir=tmp_path))
+        TransformersGenerator(path, "cpu", GenerationSettings()).load()
 
 
 def test_empty_local_folder_fails_to_load_with_the_fix(offline: None, tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="RAG_MODELS__EMBEDDER"):
+        SentenceTransformerEmbedder(str(tmp_path), "cpu").load()
     with pytest.raises(ModelUnavailable, match="RAG_MODELS__GENERATOR"):
-        load_generator(ModelSettings(generator=str(tmp_path), device="cpu"))
+        TransformersGenerator(str(tmp_path), "cpu", GenerationSettings()).load()
 
 
 # --- the real packaged generator (one conversion, a minute or two on CPU) -----------------------------
@@ -364,12 +367,8 @@ def test_packaged_generator_second_resolve_is_cheap(
 def test_packaged_generator_answers(
     generator_cache: tuple[ModelSettings, Path, float], offline: None
 ) -> None:
-    settings, _, _ = generator_cache
-    model, tokenizer = load_generator(settings)
-    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
-    assert not model.training
-    messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    output = model.generate(**inputs, max_new_tokens=10, do_sample=False)  # (1, prompt + new)
-    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert "Paris" in answer
+    settings, folder, _ = generator_cache
+    llm = TransformersGenerator(str(folder), select_device(settings), GenerationSettings()).load()
+    prompt = llm.render_chat([{"role": "user", "content": "What is the capital of France? Answer in one word."}])
+    [result] = llm.generate_batch([prompt], 10)
+    assert "Paris" in result.text and result.completion_tokens <= 10

@@ -24,8 +24,8 @@ def _results(files, tokenizer_path, settings, workers) -> dict[str, ParsedFile |
     return dict(zip(names, results))
 
 
-def test_page_ranges_in_workers_match_one_process(tmp_path, embedder_bundle):
-    _, tokenizer_path = embedder_bundle
+def test_page_ranges_in_workers_match_one_process(tmp_path, embedder):
+    tokenizer_path = embedder.model_path
     sec = eval_set("sec10q-dev") / "docs" / "2023 Q1 AAPL.pdf"
     squad = eval_set("squad2-dev") / "docs" / "Normans.pdf"
     docs = tmp_path / "docs"
@@ -41,8 +41,7 @@ def test_page_ranges_in_workers_match_one_process(tmp_path, embedder_bundle):
         ("cut.pdf", pdf_factory.truncated_pdf(docs / "cut.pdf", sec)),
     ]
     files = [(name, Path(path)) for name, path in files]
-    settings = Settings()
-    settings.ingest.pages_per_task = 3  # every file above but cut.pdf is longer: split into ranges
+    settings = Settings().with_overrides({"ingest": {"pages_per_task": 3}})  # every file above but cut.pdf: ranges
 
     serial = _results(files, tokenizer_path, settings, workers=1)
     pooled = _results(files, tokenizer_path, settings, workers=2)
@@ -74,11 +73,11 @@ def test_ranges_of_two_versions_of_a_file_are_refused(tmp_path):
     assert [p.text for p in document.pages] == ["one", "two", "THREE", "four"]
 
 
-def test_a_worker_reopens_a_file_rewritten_between_its_ranges(tmp_path, embedder_bundle):
+def test_a_worker_reopens_a_file_rewritten_between_its_ranges(tmp_path, embedder):
     from rag.ingestion import parse_pool
 
     path = pdf_factory.text_pdf(tmp_path / "a.pdf", ["one", "two", "three", "four"])
-    parse_pool._worker_init(embedder_bundle[1], Settings())
+    parse_pool._worker_init(embedder.model_path, Settings())
     try:
         first = parse_pool._worker_range("a.pdf", path, 0, 2)
         assert parse_pool._worker_range("a.pdf", path, 2, 4).content_hash == first.content_hash  # kept open

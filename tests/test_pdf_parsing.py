@@ -19,7 +19,7 @@ from pypdf import PdfReader
 
 from rag.ingestion import pdf_parsing
 from rag.errors import PdfError
-from rag.ingestion.pdf_parsing import normalize_text, parse_pdf, parse_pdf_safe, sha256_file
+from rag.ingestion.pdf_parsing import guarded, normalize_text, parse_pdf, sha256_file
 from rag.settings import IngestSettings
 from rag.types import FileFailure, ParsedDocument
 from tests.conftest import eval_set
@@ -110,6 +110,11 @@ MALFORMED: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
 }
 
 
+def parse_or_failure(path: Path, settings: IngestSettings) -> ParsedDocument | FileFailure:
+    """What an ingest worker does with one file: ``parse_pdf`` under ``guarded`` (module level: picklable)."""
+    return guarded(str(path), lambda: pdf_parsing.parse_pdf(path, settings))
+
+
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_pdf_is_refused_with_its_reason(case, tmp_path, source_pdf):
     make, reason = MALFORMED[case]
@@ -117,7 +122,7 @@ def test_malformed_pdf_is_refused_with_its_reason(case, tmp_path, source_pdf):
     with pytest.raises(PdfError) as raised:
         parse_pdf(path, SETTINGS)
     assert reason in str(raised.value)
-    failure = parse_pdf_safe(path, SETTINGS)
+    failure = parse_or_failure(path, SETTINGS)
     assert failure == FileFailure(path=str(path), reason=str(raised.value))
 
 
@@ -134,7 +139,7 @@ def test_too_little_text_counts_as_no_text_layer(tmp_path):
 
 
 def test_missing_file_is_a_failure_not_a_crash(tmp_path):
-    failure = parse_pdf_safe(tmp_path / "absent.pdf", SETTINGS)
+    failure = parse_or_failure(tmp_path / "absent.pdf", SETTINGS)
     assert isinstance(failure, FileFailure) and failure.reason.startswith("cannot read file")
 
 
@@ -165,24 +170,24 @@ def test_pypdf_noise_is_silenced_and_logger_restored(tmp_path, source_pdf, caplo
     pypdf_logger = logging.getLogger("pypdf")
     before = pypdf_logger.level
     with caplog.at_level(logging.DEBUG):
-        parse_pdf_safe(truncated_pdf(tmp_path / "cut.pdf", source_pdf), SETTINGS)  # pypdf: "EOF marker not found"
+        parse_or_failure(truncated_pdf(tmp_path / "cut.pdf", source_pdf), SETTINGS)  # pypdf: "EOF marker not found"
     assert not [record for record in caplog.records if record.name.startswith("pypdf")]
     assert pypdf_logger.level == before
 
 
-def test_parse_pdf_safe_reports_unexpected_errors(monkeypatch, tmp_path):
+def test_guarded_reports_unexpected_errors(monkeypatch, tmp_path):
     def explode(path, settings):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(pdf_parsing, "parse_pdf", explode)
-    failure = parse_pdf_safe(tmp_path / "x.pdf", SETTINGS)
+    failure = parse_or_failure(tmp_path / "x.pdf", SETTINGS)
     assert failure == FileFailure(path=str(tmp_path / "x.pdf"), reason="unexpected error: RuntimeError: boom")
 
 
-def test_parse_pdf_safe_runs_in_worker_processes(tmp_path, source_pdf):
+def test_parse_results_and_failures_cross_worker_processes(tmp_path, source_pdf):
     bad = not_a_pdf(tmp_path / "bad.pdf")
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        good_result, bad_result = pool.map(parse_pdf_safe, [source_pdf, bad], [SETTINGS, SETTINGS])
+        good_result, bad_result = pool.map(parse_or_failure, [source_pdf, bad], [SETTINGS, SETTINGS])
     assert isinstance(good_result, ParsedDocument) and len(good_result.pages) == 8
     assert bad_result == FileFailure(path=str(bad), reason="not a PDF file (no %PDF header)")
     assert pickle.loads(pickle.dumps(good_result)) == good_result

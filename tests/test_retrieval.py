@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rag.evaluation.dataset import load_qa
-from rag.runtime import make_ingestor
-from rag.indexing.index import DocumentIndex
-from rag.answering.retrieval import HybridRetriever, reciprocal_rank_fusion
-from tests.conftest import eval_set, make_settings
+from rag.runtime import Runtime
+from rag.answering.retrieval import reciprocal_rank_fusion
+from tests.conftest import eval_set, ingest, make_settings
 
 
 def test_reciprocal_rank_fusion_orders_by_summed_reciprocal_ranks():
@@ -20,13 +19,11 @@ def test_reciprocal_rank_fusion_orders_by_summed_reciprocal_ranks():
 
 
 @pytest.fixture(scope="module")
-def squad_retriever(tmp_path_factory, embedder_bundle):
+def squad_retriever(tmp_path_factory, embedder):
     settings = make_settings(tmp_path_factory.mktemp("squad") / "index")
-    index = DocumentIndex.open(settings.index.path, settings.index, create=True)
-    with index.writing():
-        make_ingestor(settings, *embedder_bundle).sync_folder(index, eval_set("squad2-dev") / "docs")
-    yield {mode: HybridRetriever(index, embedder_bundle[0], settings.retrieval).load() for mode in ("hybrid",)}
-    index.close()
+    ingest(settings, eval_set("squad2-dev") / "docs", embedder)
+    with Runtime(settings, embedder=embedder).start(with_generator=False) as runtime:
+        yield {"hybrid": runtime.retriever}
 
 
 def gold_in_top(retriever, items, k: int, mode: str) -> float:

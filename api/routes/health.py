@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from api.deps import MaybeRuntimeDep
+from api.deps import AnswersDep, DocumentsDep
 from api.schemas import ErrorOut, Health, Readiness
 
 public = APIRouter(tags=["health"])  # mounted without the API key check
@@ -18,16 +18,13 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorOut}})
-def readyz(runtime: MaybeRuntimeDep) -> Readiness:
-    """200 when the models are loaded and the index has chunks to answer from; else 503 saying why."""
-    if runtime is None or runtime.index is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the runtime is not started")
-    if runtime.answers is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the generator is not loaded")
-    chunks = runtime.index.store.count_chunks()
+def readyz(documents: DocumentsDep, answers: AnswersDep) -> Readiness:
+    """200 when the models are loaded and the index has chunks to answer from; else 503 saying why (the
+    dependencies answer 503 while the runtime or its generator is not there)."""
+    count, chunks = documents.counts()
     if chunks == 0:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"the index at {runtime.index.path} has no chunks: run `rag-ingest DOCS_DIR` or POST /v1/documents",
+            f"the index at {documents.index_path} has no chunks: run `rag-ingest DOCS_DIR` or POST /v1/documents",
         )
-    return Readiness(documents=len(runtime.index.store.documents()), chunks=chunks)
+    return Readiness(documents=count, chunks=chunks)

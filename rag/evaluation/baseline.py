@@ -27,7 +27,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from rag.indexing.embedding import Embedder
-from rag.evaluation.runner import Retrieved
+from rag.evaluation.records import Retrieved
 from rag.ingestion.pdf_parsing import sha256_file
 from rag.answering.prompting import is_abstention
 from rag.types import Answer, Citation

@@ -24,7 +24,6 @@ _SHORT_MIN_F1 = 0.5  # short style: best token F1 for a correct answer
 _LONG_MIN_F1 = 0.2  # long style: best token F1, plus a citation on the gold document
 
 
-
 def _tokens(s: str) -> list[str]:
     return normalize_answer(s).split() if s else []
 

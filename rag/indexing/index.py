@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.errors import IndexMissing, RagError
+from rag.errors import IndexMissing, IndexUnavailable
+from rag.files import fsync
 from rag.settings import IndexSettings
 from rag.indexing.store import ChunkStore
 from rag.types import Chunk
@@ -32,11 +33,11 @@ STORE_FILE = "store.sqlite"
 LOCK_FILE = ".write.lock"
 
 
-class IndexBusy(RagError):
+class IndexBusy(IndexUnavailable):
     """Another process is writing to the index."""
 
 
-class IndexIncompatible(RagError):
+class IndexIncompatible(IndexUnavailable):
     """The index was built with another embedder or chunking; the message says how to rebuild."""
 
 
@@ -188,7 +189,7 @@ class DocumentIndex:
                 tmp = self.path / (name + ".tmp")
                 self.vectors.save(tmp)
                 os.replace(tmp, self.path / name)
-                _fsync_dir(self.path)
+                fsync(self.path)  # the rename is durable before the store says the new file is current
                 self.store.set_meta("generation", str(generation))
                 self.store.set_meta("faiss_file", name)
                 self.store.set_meta("profile", profile.to_json())
@@ -223,11 +224,3 @@ class DocumentIndex:
         for stale in self.path.glob("vectors-*.faiss*"):
             if stale.name != keep:
                 stale.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

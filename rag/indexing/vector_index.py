@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from rag.files import fsync
 from rag.settings import IndexSettings
 
 log = logging.getLogger(__name__)
@@ -134,11 +134,7 @@ class VectorIndex:
     def save(self, path: Path) -> None:
         """Write to ``path`` durably (fsync), so a rename after this call publishes a complete file."""
         faiss.write_index(self._cpu, str(path))
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync(path)
 
     @classmethod
     def load(cls, path: Path, settings: IndexSettings) -> "VectorIndex":

@@ -1,7 +1,7 @@
 """Read a PDF page by page with pypdf, or say in one short sentence why it cannot be ingested.
 
-``parse_pdf`` raises :class:`~rag.errors.PdfError` for every bad file; ``parse_pdf_safe`` is what the ingest's
-worker processes call, and turns any failure into a :class:`~rag.types.FileFailure` so one file never stops a run.
+``parse_pdf`` raises :class:`~rag.errors.PdfError` for every bad file; the ingest's worker processes call it under
+``guarded``, which turns any failure into a :class:`~rag.types.FileFailure` so one file never stops a run.
 """
 
 from __future__ import annotations
@@ -140,11 +140,6 @@ def assemble_document(path: Path, content_hash: str, parts: list[PageRange], set
     if visible == 0 or visible / len(pages) < settings.min_chars_per_page:
         raise PdfError(NO_TEXT_LAYER)
     return ParsedDocument(path=Path(path), content_hash=content_hash, pages=pages)
-
-
-def parse_pdf_safe(path: Path, settings: IngestSettings) -> ParsedDocument | FileFailure:
-    """``parse_pdf`` that never raises for a bad file: failures come back as a ``FileFailure``."""
-    return guarded(str(path), lambda: parse_pdf(path, settings))
 
 
 def guarded(name: str, work: Callable[[], T]) -> T | FileFailure:

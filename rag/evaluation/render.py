@@ -1,6 +1,6 @@
 """Writing an evaluation report: ``report.json``, ``report.md`` and PNG plots, all from one report dict.
 
-The dict (built by ``evals.cli``) has ``primary_metric``, ``date``, ``command``, ``machine``, ``settings``,
+The dict (``rag.evaluation.report.EvalReport.to_dict()``, or a saved report.json) has ``primary_metric``, ``date``, ``command``, ``machine``, ``settings``,
 ``run`` and ``sets``: per set its ``name``, ``questions_in_set``, ``sample``, ``results`` (pipeline name ->
 ``{"n", "metrics", "wall_s", "records"}``) and ``sweep`` (None, or the threshold grid of an open-gates run).
 """
@@ -9,39 +9,32 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rag.evaluation.metrics import PRIMARY_METRIC
+from rag.evaluation.report import RATE_METRICS, EvalReport, format_metric, metric_order
+from rag.files import slug
 
-# Metrics in [0, 1], in the order of the README table; plotted as bars.
-RATE_METRICS = (
-    PRIMARY_METRIC, "correct_rate", "hallucination_rate", "abstention_precision", "abstention_recall", "em", "f1",
-    "recall@1", "recall@5", "recall@10", "mrr",
-)
-COUNT_METRICS = ("n", "n_answerable", "n_unanswerable", "answered", "abstained", "failed")
-LATENCY_METRICS = ("latency_p50_s", "latency_p95_s")
-
-
-def write_report(out_dir: Path, report: dict[str, Any]) -> list[Path]:
+def write_report(out_dir: Path, report: EvalReport | dict[str, Any]) -> list[Path]:
     """Write report.json, report.md, one metrics PNG per set and one sweep PNG and JSON per swept set.
 
     Returns the paths written. The figures use matplotlib's Agg backend (no display needed).
     """
+    if isinstance(report, EvalReport):
+        report = report.to_dict()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for entry in report["sets"]:
-        slug = _slug(entry["name"])
-        metrics = {name: result["metrics"] for name, result in entry["results"].items()}
+        name = slug(entry["name"])
+        metrics = {pipeline: result["metrics"] for pipeline, result in entry["results"].items()}
         if metrics:  # a checkpoint may come before a set's first pipeline finished
-            written.append(plot_metrics(entry["name"], metrics, out_dir / f"metrics-{slug}.png"))
+            written.append(plot_metrics(entry["name"], metrics, out_dir / f"metrics-{name}.png"))
         if entry.get("sweep"):
-            sweep_json = out_dir / f"sweep-{slug}.json"
+            sweep_json = out_dir / f"sweep-{name}.json"
             sweep_json.write_text(json.dumps(_sweep_without_records(entry["sweep"]), indent=2))
-            written += [sweep_json, plot_sweep(entry["name"], entry["sweep"], out_dir / f"sweep-{slug}.png")]
+            written += [sweep_json, plot_sweep(entry["name"], entry["sweep"], out_dir / f"sweep-{name}.png")]
     report_json = out_dir / "report.json"
     report_json.write_text(json.dumps(report, indent=2, allow_nan=False))
     report_md = out_dir / "report.md"
@@ -66,7 +59,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- sample: limit {run.get('limit')}, seed {run.get('seed')}; concurrency {run.get('concurrency')}, "
         f"per-question timeout {run.get('timeout_s')} s",
         f"- gates: retrieval.min_relevance {settings.get('retrieval', {}).get('min_relevance')}, "
-        f"generation.min_support {settings.get('generation', {}).get('min_support')}; "
+        f"generation.min_confidence {settings.get('generation', {}).get('min_confidence')}; "
         f"max_new_tokens {settings.get('generation', {}).get('max_new_tokens')}; "
         f"top_k {settings.get('retrieval', {}).get('top_k')} ({settings.get('retrieval', {}).get('mode')})",
         f"- primary metric: **{report.get('primary_metric', PRIMARY_METRIC)}**; the full settings and every "
@@ -104,7 +97,7 @@ def _set_section(entry: dict[str, Any]) -> list[str]:
         cells = [format_metric(metric, results[name]["metrics"].get(metric)) for name in names]
         label = f"**{metric}**" if metric == PRIMARY_METRIC else metric
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"![metrics]({'metrics-' + _slug(entry['name']) + '.png'})", ""]
+    lines += ["", f"![metrics]({'metrics-' + slug(entry['name']) + '.png'})", ""]
     sweep = entry.get("sweep")
     if sweep:
         lines += _sweep_section(entry["name"], sweep)
@@ -118,13 +111,13 @@ def _sweep_section(set_name: str, sweep: dict[str, Any]) -> list[str]:
     lines = [
         f"### Abstention trade-off ({set_name}, one run with the gates open, re-scored offline)",
         "",
-        "| thresholds | min_relevance | min_support | grounded_accuracy | hallucination_rate | answered | "
+        "| thresholds | min_relevance | min_confidence | grounded_accuracy | hallucination_rate | answered | "
         "abstention_recall |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, point, metrics in rows:
         lines.append(
-            f"| {label} | {point['min_relevance']:.2f} | {point['min_support']:.2f} | "
+            f"| {label} | {point['min_relevance']:.2f} | {point['min_confidence']:.2f} | "
             f"{format_metric(PRIMARY_METRIC, metrics.get(PRIMARY_METRIC))} | "
             f"{format_metric('hallucination_rate', metrics.get('hallucination_rate'))} | "
             f"{format_metric('answered', metrics.get('answered'))} | "
@@ -134,36 +127,17 @@ def _sweep_section(set_name: str, sweep: dict[str, Any]) -> list[str]:
     span = sweep.get("best_span")
     spans = "" if not span else (
         f" (min_relevance {span['min_relevance'][0]:.2f}-{span['min_relevance'][1]:.2f}, "
-        f"min_support {span['min_support'][0]:.2f}-{span['min_support'][1]:.2f})"
+        f"min_confidence {span['min_confidence'][0]:.2f}-{span['min_confidence'][1]:.2f})"
     )
     lines += [
         "",
         f"{ties} grid point(s) reach the best grounded accuracy{spans}; ties go to the lower hallucination "
-        f"rate, then to the lower thresholds. The grid is in sweep-{_slug(set_name)}.json.",
+        f"rate, then to the lower thresholds. The grid is in sweep-{slug(set_name)}.json.",
         "",
-        f"![trade-off](sweep-{_slug(set_name)}.png)",
+        f"![trade-off](sweep-{slug(set_name)}.png)",
         "",
     ]
     return lines
-
-
-def metric_order(metric_dicts: Sequence[dict[str, Any]]) -> list[str]:
-    """Primary metric first, then rates, latency and counts, then anything else in first-seen order."""
-    known = [*RATE_METRICS, *LATENCY_METRICS, *COUNT_METRICS]
-    present: list[str] = []
-    for metrics in metric_dicts:
-        present += [m for m in metrics if m not in present]
-    return [m for m in known if m in present] + [m for m in present if m not in known]
-
-
-def format_metric(name: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if name in COUNT_METRICS or isinstance(value, bool) or (isinstance(value, int) and name not in RATE_METRICS):
-        return str(int(value))
-    if name in LATENCY_METRICS:
-        return f"{float(value):.2f} s"
-    return f"{float(value):.3f}"
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -202,7 +176,7 @@ def plot_sweep(set_name: str, sweep: dict[str, Any], path: Path) -> Path:
     configured = sweep["configured"]
     points = sweep["points"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, vary, fixed in ((axes[0], "min_relevance", "min_support"), (axes[1], "min_support", "min_relevance")):
+    for ax, vary, fixed in ((axes[0], "min_relevance", "min_confidence"), (axes[1], "min_confidence", "min_relevance")):
         curve = sorted(
             (p for p in points if math.isclose(p[fixed], configured[fixed], abs_tol=1e-9)), key=lambda p: p[vary]
         )
@@ -218,7 +192,7 @@ def plot_sweep(set_name: str, sweep: dict[str, Any], path: Path) -> Path:
     best = sweep["best"]
     fig.suptitle(
         f"{set_name}: abstention trade-off; best grounded accuracy {best['metrics'][PRIMARY_METRIC]:.3f} at "
-        f"min_relevance {best['min_relevance']:.2f}, min_support {best['min_support']:.2f}"
+        f"min_relevance {best['min_relevance']:.2f}, min_confidence {best['min_confidence']:.2f}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -240,7 +214,3 @@ def _sweep_without_records(sweep: dict[str, Any]) -> dict[str, Any]:
     if "open_run" in sweep:
         data["open_run"] = {k: v for k, v in sweep["open_run"].items() if k != "records"}
     return data
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "set"

@@ -1,0 +1,56 @@
+"""The composition root: ``Runtime`` builds every part from Settings, and ``derive`` changes one part while
+sharing the loaded models."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from rag.runtime import Runtime
+from tests.conftest import eval_set
+
+
+def test_derive_for_another_index_shares_the_models_and_closes_only_its_own(small_index, tmp_path):
+    """A second set's runtime reuses the loaded models, has its own index, and closing it spares the base."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(eval_set("squad2-dev") / "docs" / "Normans.pdf", docs / "Normans.pdf")
+    with Runtime(small_index).start(with_generator=False) as base:
+        with base.derive({"index": {"path": tmp_path / "other-index"}}) as other:
+            assert other.embedder is base.embedder and other.index is not base.index and other.answers is None
+            assert other.settings.index.path == tmp_path / "other-index"
+            assert other.documents.sync_folder(docs).new == 1
+            passages = other.retriever.retrieve("What continent are the Canarian Islands off the coast of?", 10)
+            assert passages and {p.chunk.document for p in passages} == {"Normans.pdf"}
+        assert "Steam_engine.pdf" in {p.chunk.document for p in base.retriever.retrieve("steam engine boiler", 5)}
+
+
+def test_derive_with_other_gates_shares_index_retriever_and_batcher(runtime):
+    gates = runtime.derive({"retrieval": {"min_relevance": -1.0}, "generation": {"min_confidence": 0.0}})
+    try:
+        assert gates.index is runtime.index and gates.retriever is runtime.retriever
+        assert gates.llm is runtime.llm and gates.batcher is runtime.batcher
+        assert gates.answers is not runtime.answers and gates.answers.settings.retrieval.min_relevance == -1.0
+        assert runtime.answers.settings.retrieval.min_relevance == runtime.settings.retrieval.min_relevance
+    finally:
+        gates.close()
+    assert runtime.batcher.running and runtime.index.store.count_chunks() > 0  # nothing of the base was closed
+
+
+def test_derive_with_other_batching_starts_its_own_batcher(runtime):
+    with runtime.derive({"generation": {"queue_size": 3}}) as derived:
+        assert derived.batcher is not runtime.batcher and derived.llm is runtime.llm
+        assert derived.answers.batcher is derived.batcher
+    assert not derived.batcher.running and runtime.batcher.running
+
+
+def test_derive_validates_the_overrides(runtime):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        runtime.derive({"retrieval": {"top_k": 0}})
+    with pytest.raises(KeyError, match="unknown setting"):
+        runtime.derive({"retrieval": {"topk": 3}})
+    with pytest.raises(ValueError, match="shares the models"):
+        runtime.derive({"models": {"generator": "other"}})
