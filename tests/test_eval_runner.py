@@ -39,9 +39,9 @@ def _item(qid: str, answers: tuple[str, ...] = (), doc: str = "A.pdf", pages: tu
     )
 
 
-def _answer(text: str, *, support: float | None, relevance: float | None, page: int = 4) -> Answer:
+def _answer(text: str, *, confidence: float | None, relevance: float | None, page: int = 4) -> Answer:
     cite = Citation(document="A.pdf", page_start=page, page_end=page, snippet="...", score=0.5, chunk_id=1)
-    return Answer(text=text, abstained=False, citations=(cite,), support=support, relevance=relevance)
+    return Answer(text=text, abstained=False, citations=(cite,), confidence=confidence, relevance=relevance)
 
 
 def _abstention() -> Answer:
@@ -61,8 +61,8 @@ def _eval_set(items: list[QAItem]) -> EvalSet:
 # relevant best passage, an abstention and a failure.
 ITEMS = [_item("good", ("Paris",)), _item("trap"), _item("skip"), _item("broken", ("Rome",))]
 RECORDS = [
-    _record(ITEMS[0], _answer("Paris", support=0.3, relevance=0.6)),
-    _record(ITEMS[1], _answer("Lyon", support=0.8, relevance=0.2)),
+    _record(ITEMS[0], _answer("Paris", confidence=0.3, relevance=0.6)),
+    _record(ITEMS[1], _answer("Lyon", confidence=0.8, relevance=0.2)),
     _record(ITEMS[2], _abstention()),
     _record(ITEMS[3], None, error="RuntimeError: boom"),
 ]
@@ -77,7 +77,7 @@ def test_low_confidence_answer_becomes_abstention_at_higher_threshold():
     assert kept.answer is not None and not kept.answer.abstained and kept.answer.text == "Paris"
     gated = apply_thresholds(record, min_relevance=0.0, min_confidence=0.5)
     assert gated.answer is not None and gated.answer.abstained
-    assert gated.answer.draft == "Paris" and "support" in gated.answer.reason
+    assert gated.answer.draft == "Paris" and "confidence" in gated.answer.reason
     assert gated.retrieved == record.retrieved  # retrieval metrics do not depend on the thresholds
 
 
@@ -86,7 +86,7 @@ def test_low_relevance_answer_becomes_abstention_and_others_stay():
     assert gated.answer is not None and gated.answer.abstained and "relevance" in gated.answer.reason
     assert apply_thresholds(RECORDS[2], 0.9, 0.9).answer.abstained  # an abstention stays one
     assert apply_thresholds(RECORDS[3], 0.9, 0.9).answer is None  # a failure stays a failure
-    unknown = _record(_item("x", ("y",)), _answer("y", support=None, relevance=None))
+    unknown = _record(_item("x", ("y",)), _answer("y", confidence=None, relevance=None))
     assert not apply_thresholds(unknown, 0.9, 0.9).answer.abstained  # unreported scores do not gate
 
 
@@ -100,7 +100,7 @@ def test_sweep_recomputes_metrics_over_the_grid():
     # relevance gate 0.3 turns "trap" into a right abstention and keeps "good"
     assert by[(0.3, 0.0)][PRIMARY_METRIC] == pytest.approx(3 / 4)
     assert by[(0.3, 0.0)]["hallucination_rate"] == 0.0 and by[(0.3, 0.0)]["answered"] == 1
-    # support 0.5 also drops "good" (support 0.3): grounded accuracy falls back
+    # confidence 0.5 also drops "good" (confidence 0.3): grounded accuracy falls back
     assert by[(0.3, 0.5)][PRIMARY_METRIC] == pytest.approx(2 / 4) and by[(0.3, 0.5)]["answered"] == 0
     assert all(m["failed"] == 1 for m in by.values())
     best = best_point(points)
@@ -139,7 +139,7 @@ class FlakyPipeline:
             raise RuntimeError("boom")
         if "slow" in question:
             await asyncio.sleep(10)
-        return _answer("Paris", support=0.9, relevance=0.9), [("A.pdf", 1, 1), ("A.pdf", 4, 4)]
+        return _answer("Paris", confidence=0.9, relevance=0.9), [("A.pdf", 1, 1), ("A.pdf", 4, 4)]
 
 
 def test_failing_questions_are_recorded_and_the_run_continues():
@@ -299,23 +299,21 @@ class OpenGates:
 def test_sweep_of_an_open_gates_run_picks_the_best_thresholds(tmp_path):
     """A run's records land in partial/ as they finish; the sweep re-scores them over the default grid."""
     from rag.evaluation.run import _Run
-    from rag.settings import Settings
 
     options = RunOptions(pipelines=("ours",), concurrency=2, timeout_s=5.0, partial_dir=tmp_path / "partial")
     result = asyncio.run(_Run(options, None, lambda: None, print).run(_eval_set(ITEMS), ITEMS, OpenGates()))
     partial = (tmp_path / "partial" / "handmade.ours_gates_open_.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in partial) == sorted(item.id for item in ITEMS)
 
-    defaults = Settings()
-    configured = (defaults.retrieval.min_relevance, defaults.generation.min_confidence)
+    configured = (0.6, 0.5)  # (retrieval.min_relevance, a calibrator's confidence threshold)
     sweep = Sweep.of(ITEMS, result, configured).to_dict()
     assert sweep["configured"] == {"min_relevance": configured[0], "min_confidence": configured[1]}
     assert 0.3 in sweep["grid"]["min_relevance"] and 0.5 in sweep["grid"]["min_confidence"]
     assert len(sweep["points"]) == len(sweep["grid"]["min_relevance"]) * len(sweep["grid"]["min_confidence"])
-    # "trap" (relevance 0.2) is gated from 0.25 up, "good" (support 0.3, relevance 0.6) kept below 0.35 / 0.65
+    # "trap" (relevance 0.2) is gated from 0.25 up, "good" (confidence 0.3, relevance 0.6) kept below 0.35 / 0.65
     assert sweep["best"]["metrics"][PRIMARY_METRIC] == pytest.approx(3 / 4)
     assert (sweep["best"]["min_relevance"], sweep["best"]["min_confidence"]) == (0.25, 0.0)
-    assert sweep["at_configured"][PRIMARY_METRIC] == pytest.approx(2 / 4)  # support 0.5 drops "good"
+    assert sweep["at_configured"][PRIMARY_METRIC] == pytest.approx(2 / 4)  # confidence 0.5 drops "good"
     assert sweep["open_run"]["n"] == 4 and sweep["open_run"]["metrics"]["failed"] == 1
     assert "min_relevance 0.25 and min_confidence 0.00" in Sweep.of(ITEMS, result, configured).describe()
 
