@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rag.answering.prompting import short_span
+from rag.answering.prompting import present
 from rag.evaluation.dataset import QAItem, load_set
 from rag.evaluation.metrics import Prediction, score_question
-from rag.types import Answer, Citation
+from rag.types import Answer, Citation, Quote
 from rag.evaluation.calibration import (
     HeldOut, Labeled, calibrator_from_fit, cross_set, outcome, reliability,
 )
@@ -55,7 +55,7 @@ def labeled(record: dict[str, Any], item: QAItem | None = None) -> Labeled | Non
     """A fitting row from a gates-open record; None for a failed question or one without features.
 
     With the set's ``item``, the answer is scored again with the current metrics, as the current service would
-    give it (a short answer cut to its span, ``short_span``, which leaves an already cut one unchanged): a run
+    present it (``rag.answering.prompting.present``, which leaves an already presented answer unchanged): a run
     recorded by older code then still fits the model the service uses now.
     """
     if record.get("error") or not record.get("features"):
@@ -63,9 +63,8 @@ def labeled(record: dict[str, Any], item: QAItem | None = None) -> Labeled | Non
     answered = not record["abstained"]
     grounded = answered and bool(record["score"].get("grounded"))
     if answered and item is not None:
-        text = record["answer"]
-        if record.get("form") == "short":
-            text = short_span(text, record["question"])
+        quotes = tuple(Quote(**q) for q in record.get("quotes", ()))
+        text = present(record["question"], record.get("form") or "short", record["answer"], quotes)
         citations = tuple(Citation(**c) for c in record["citations"])
         answer = Answer(text=text, abstained=False, citations=citations)
         grounded = score_question(item, Prediction(item.id, answer, (), 0.0)).grounded

@@ -138,3 +138,17 @@ def test_quote_prompt_numbers_quotes_with_their_source() -> None:
     assert "[1] (Normans.pdf, p. 2) Rollo was the first ruler." in user["content"]
     assert "[2] (Normans.pdf, p. 1)" in user["content"] and user["content"].endswith("Question: Who was the first ruler?")
     assert "one to three sentences" in build_quote_messages("Why?", quotes, "long")[0]["content"]
+
+
+def test_present_gives_the_span_for_questions_and_the_sentence_for_keyword_queries() -> None:
+    from rag.answering.prompting import present, search_style
+    from rag.types import Quote
+
+    quotes = (Quote("The O2 Arena is on the Greenwich peninsula in South East London.", "O2.pdf", 1, 1, 4, 0.8),)
+    assert search_style("what part of london is the o2 arena in") and not search_style("Where is the O2 arena?")
+    written = present("Where is the O2 arena?", "short", "The O2 Arena is on the Greenwich peninsula.", quotes)
+    assert written == "Greenwich peninsula"  # the span, what the question asked for
+    query = present("what part of london is the o2 arena in", "short", "Greenwich peninsula", quotes)
+    assert query == quotes[0].text  # a keyword query gets the sentence holding the span
+    assert present("what part of london is the o2 arena in", "short", query, quotes) == query  # idempotent
+    assert present("Why is it there?", "long", " Because of the river. ", quotes) == "Because of the river."

@@ -99,6 +99,34 @@ def short_span(answer: str, question: str) -> str:
     return " ".join(best).strip(",;:") if best else " ".join(words)
 
 
+def search_style(question: str) -> bool:
+    """A keyword-style query ("penobscot river start and end") rather than a written question: no question
+    mark and no capital at the start. Such a query is answered like a search engine would, with the sentence
+    that answers it, not a bare span."""
+    stripped = question.strip()
+    return not stripped.endswith("?") and not stripped[:1].isupper()
+
+
+def present(question: str, form: AnswerForm, answer: str, quotes: Sequence["Quote"]) -> str:
+    """The answer text as the service gives it.
+
+    - a written factoid question: the short span (``short_span``);
+    - a keyword-style query with a factoid answer: the quoted sentence(s) holding the span, so the reader
+      sees the answer in its words (the first quote that contains it, else the first quote);
+    - an explanatory question: the generated sentences as they are.
+    Applying it to its own output gives the same text, so re-scoring a recorded answer is safe.
+    """
+    if form == "long":
+        return answer.strip()
+    if search_style(question) and quotes:
+        from rag.text import normalize_answer
+
+        needle = normalize_answer(answer)
+        holding = [q for q in quotes if needle and needle in normalize_answer(q.text)]
+        return (holding or list(quotes))[0].text
+    return short_span(answer, question)
+
+
 def build_quote_messages(question: str, quotes: Sequence["Quote"], form: AnswerForm) -> list[dict[str, str]]:
     """Chat messages: the rules for the answer form, then the numbered quotes (with their source) and the question."""
     blocks = [f"[{i}] ({q.document}, p. {q.page_start}) {q.text}" for i, q in enumerate(quotes, start=1)]

@@ -17,7 +17,7 @@ from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, 
 from rag.answering.evidence import Evidence, score_sentences, select_evidence, sentences_of
 from rag.answering.prompting import (
     ABSTAIN_TEXT, REPLY_PREFIX, AnswerStream, answer_form, answer_text, build_quote_messages, cited_numbers,
-    is_abstention, short_span,
+    is_abstention, present,
 )
 from rag.answering.retrieval import HybridRetriever
 from rag.answering.verification import lexical_support_text
@@ -138,7 +138,7 @@ class AnswerService:
                 f"confidence {confidence:.2f} is below {self.min_confidence:.2f}", passages, evidence, relevance,
                 timings, draft=text, **{k: v for k, v in common.items() if k != "relevance"},
             )
-        final = short_span(text, question) if form == "short" else text
+        final = present(question, form, text, used)
         return Answer(
             text=final, abstained=False, citations=tuple(quote_citation(q, final) for q in used), timings=timings,
             quotes=tuple(used), **common,
