@@ -100,13 +100,19 @@ def test_fit_learns_the_informative_feature_and_cross_set_scores_held_out_sets()
         assert h.interval[0] <= h.outcome.grounded_accuracy <= h.interval[1]
 
 
-def test_choose_threshold_meets_the_hallucination_target_on_its_rows() -> None:
+def test_choose_threshold_maximises_accuracy_or_meets_the_hallucination_target() -> None:
     rows = _synthetic("a", 400, 4)
-    model = calibrator_from_fit(rows, ["x"], target_hallucination=0.9)
+    model = calibrator_from_fit(rows, ["x"])
     confidence = [model.confidence(r.features) for r in rows]
+    best = choose_threshold(rows, confidence)
+    grid = [t / 100 for t in range(100)]
+    assert outcome(rows, confidence, best).grounded_accuracy == max(
+        outcome(rows, confidence, t).grounded_accuracy for t in grid)
     threshold = choose_threshold(rows, confidence, target_hallucination=0.1)
     assert outcome(rows, confidence, threshold).hallucination_rate <= 0.1
-    assert choose_threshold(rows, confidence, target_hallucination=0.1) >= choose_threshold(rows, confidence, 0.4)
+    assert threshold >= choose_threshold(rows, confidence, 0.4)
+    # an unreachable target is dropped: the most accurate threshold again
+    assert choose_threshold(rows, confidence, target_hallucination=-1.0) == best
 
 
 def test_reliability_bins() -> None:

@@ -139,6 +139,10 @@ class AnswerService:
                 timings, draft=text, **{k: v for k, v in common.items() if k != "relevance"},
             )
         final = present(question, form, text, used)
+        if form == "long":
+            # Sentences are written from every quote the generator was shown: cite them all, the ones the answer
+            # visibly rests on first (a span answer cites only the quotes that hold it).
+            used = used + [q for q in quotes if q not in used]
         return Answer(
             text=final, abstained=False, citations=tuple(quote_citation(q, final) for q in used), timings=timings,
             quotes=tuple(used), **common,

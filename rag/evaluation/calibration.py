@@ -5,8 +5,8 @@ its features, whether the pipeline gave an answer, whether that answer was groun
 was answerable. The model predicts P(grounded | answered); the service answers when that clears a threshold.
 
 - ``fit``: standardise, then scikit-learn's LogisticRegression; exported as a ``Calibrator`` (plain numbers).
-- ``choose_threshold``: the lowest threshold whose hallucination rate on the fitting rows meets a target,
-  so the threshold is chosen with the model, on the same rows, never on the rows it is scored on.
+- ``choose_threshold``: the threshold of highest grounded accuracy on the fitting rows (optionally only among
+  those meeting a hallucination-rate target), chosen with the model, never on the rows it is scored on.
 - ``cross_set``: fit on all sets but one, score the one left out; every figure we report comes from here.
 - ``bootstrap_interval``: 95% percentile intervals over questions.
 """
@@ -84,7 +84,7 @@ def fit(rows: Sequence[Labeled], names: Sequence[str], c: float = 1.0) -> tuple[
 
 
 def calibrator_from_fit(
-    rows: Sequence[Labeled], names: Sequence[str], target_hallucination: float, c: float = 1.0,
+    rows: Sequence[Labeled], names: Sequence[str], target_hallucination: float | None = None, c: float = 1.0,
     provenance: Mapping[str, object] | None = None,
 ) -> Calibrator:
     """Fit on ``rows`` and choose the threshold on them for ``target_hallucination``."""
@@ -97,24 +97,24 @@ def calibrator_from_fit(
     )
 
 
-def choose_threshold(rows: Sequence[Labeled], confidence: Sequence[float], target_hallucination: float) -> float:
-    """The threshold (on a 0.01 grid) that maximises grounded accuracy among those whose hallucination rate is
-    at most ``target_hallucination``, averaged over the sets in ``rows`` so no set dominates by size; when no
-    threshold meets the target, the one with the lowest hallucination rate."""
+def choose_threshold(
+    rows: Sequence[Labeled], confidence: Sequence[float], target_hallucination: float | None = None,
+) -> float:
+    """The threshold (on a 0.01 grid) of highest grounded accuracy, averaged over the sets in ``rows`` so no set
+    dominates by size. With ``target_hallucination``, only thresholds whose mean hallucination rate meets it
+    compete; when none does, the target is dropped (the caller reports what it gets)."""
     by_set: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_set.setdefault(row.set_name, []).append(i)
-    best: tuple[float, float] | None = None
-    fallback: tuple[float, float] = (float("inf"), 1.0)
+    scored = []
     for threshold in np.round(np.arange(0.0, 1.0, 0.01), 2).tolist():
         outcomes = [outcome([rows[i] for i in idx], [confidence[i] for i in idx], threshold) for idx in by_set.values()]
         accuracy = float(np.mean([o.grounded_accuracy for o in outcomes]))
         hallucination = float(np.mean([o.hallucination_rate for o in outcomes]))
-        if hallucination < fallback[0]:
-            fallback = (hallucination, threshold)
-        if hallucination <= target_hallucination and (best is None or accuracy > best[0]):
-            best = (accuracy, threshold)
-    return best[1] if best is not None else fallback[1]
+        scored.append((accuracy, hallucination, threshold))
+    meeting = [s for s in scored if target_hallucination is None or s[1] <= target_hallucination]
+    # Highest accuracy; among equals the lowest threshold (the most answers that reach it).
+    return max(meeting or scored, key=lambda s: (s[0], -s[2]))[2]
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,8 @@ class HeldOut:
 
 
 def cross_set(
-    rows: Sequence[Labeled], names: Sequence[str], target_hallucination: float, c: float = 1.0, seed: int = 0,
+    rows: Sequence[Labeled], names: Sequence[str], target_hallucination: float | None = None, c: float = 1.0,
+    seed: int = 0,
 ) -> list[HeldOut]:
     """Leave one set out: fit and choose the threshold on the others, score the one left out."""
     sets = sorted({r.set_name for r in rows})
