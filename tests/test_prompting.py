@@ -107,6 +107,8 @@ def test_citation_snippet_shows_the_answer():
         ("How does Microsoft's revenue compare to its cost of sales?", "long"),
         ("What significant changes in accounting practices were reported by NVIDIA in its most recent 10-Q?", "long"),
         ("Describe the Norman conquest of England.", "long"),
+        ("What was the gross margin for Apple in the latest 10-Q report?", "long"),  # a report's figure
+        ("What was Intel's revenue in Q2 2023?", "long"),
     ],
 )
 def test_answer_form_follows_the_question(question: str, form: str) -> None:

@@ -53,14 +53,21 @@ _EXPLANATORY = re.compile(
     re.IGNORECASE,
 )
 _LONG_QUESTION_WORDS = 18
+# A question about a report or a reporting period ("in the latest 10-Q", "for Q2 2023", "fiscal 2022"): its figure
+# means little without the sentence that says what it measures and for which period.
+_REPORT_QUESTION = re.compile(
+    r"\b(10-?[KQ]s?|8-?K|annual report|quarterly report|filings?|fiscal|FY\s?'?\d{2,4}|Q[1-4]\s?'?\d{2,4}|"
+    r"\d{4}\s?Q[1-4]|(first|second|third|fourth|latest|most recent|last) (fiscal )?(quarter|report))\b",
+    re.IGNORECASE,
+)
 
 
 def answer_form(question: str) -> AnswerForm:
-    """"long" for explanatory questions (why, how, describe, compare, what changed) and long multi-part ones;
-    "short" for factoid ones (who, when, where, which, how many, what is X)."""
-    if _EXPLANATORY.search(question) or re.search(r"\b(how|why)\b", question, re.IGNORECASE) and len(
-        question.split()
-    ) >= 10:
+    """"long" for explanatory questions (why, how, describe, compare, what changed), long multi-part ones and
+    questions about a report's figures; "short" for factoid ones (who, when, where, which, how many, what is X)."""
+    if _EXPLANATORY.search(question) or _REPORT_QUESTION.search(question):
+        return "long"
+    if re.search(r"\b(how|why)\b", question, re.IGNORECASE) and len(question.split()) >= 10:
         return "long"
     return "long" if len(question.split()) >= _LONG_QUESTION_WORDS else "short"
 
