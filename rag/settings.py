@@ -124,6 +124,12 @@ class RetrievalSettings(BaseModel):
         "hybrid", description="'hybrid' fuses FAISS and BM25 rankings by reciprocal rank."
     )
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: score = sum 1/(rrf_k + rank).")
+    title_match: bool = Field(
+        True,
+        description="Hybrid mode also ranks the candidates whose document's file name the question names ('Q2 2023' "
+        "and '2023 Q2 AMZN.pdf'): gold-filing MRR on sec10q-dev 0.477 -> 0.631, squad2-dev 0.871 -> 0.866, clapnq-dev "
+        "0.978 -> 0.962 (docs/evaluation.md).",
+    )
     min_relevance: float = Field(
         0.20, ge=-1.0, le=1.0,
         description="Relevance floor: abstain without generating when the best passage's cosine similarity to the "

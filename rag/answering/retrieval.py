@@ -1,4 +1,5 @@
-"""Finding passages for a question: dense (FAISS) and lexical (BM25) rankings fused by reciprocal rank."""
+"""Finding passages for a question: dense (FAISS) and lexical (BM25) rankings, and the candidates whose
+document's name the question names, fused by reciprocal rank."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import threading
 
 import numpy as np
 
+from rag.answering.titles import TitleIndex
 from rag.indexing.embedding import Embedder
 from rag.indexing.index import DocumentIndex
 from rag.settings import RetrievalSettings
@@ -54,6 +56,7 @@ class HybridRetriever:
         self.embedder = embedder
         self.settings = settings
         self._lexical: LexicalIndex | None = None
+        self._titles: TitleIndex | None = None
         self._lexical_generation = -1
         self._lock = threading.Lock()
 
@@ -66,6 +69,7 @@ class HybridRetriever:
             self.index.refresh_if_stale()
             if self._lexical is None or self._lexical_generation != self.index.generation:
                 self._lexical = LexicalIndex(self.index.store.all_chunks())
+                self._titles = TitleIndex(self.index.store.documents())
                 self._lexical_generation = self.index.generation
             return self._lexical
 
@@ -83,7 +87,13 @@ class HybridRetriever:
         elif mode == "bm25":
             ranked = [(cid, score) for cid, score in sparse]
         else:
-            fused = reciprocal_rank_fusion([[c for c, _ in dense], [c for c, _ in sparse]], self.settings.rrf_k)
+            rankings = [[c for c, _ in dense], [c for c, _ in sparse]]
+            if self.settings.title_match and self._titles is not None:
+                # A third ranking: the candidates whose document's name the question names (rag.answering.titles).
+                candidates = list(dict.fromkeys(rankings[0] + rankings[1]))
+                documents = {cid: c.document for cid, c in self.index.store.chunks_by_ids(candidates).items()}
+                rankings.append(self._titles.rank(question, documents))
+            fused = reciprocal_rank_fusion(rankings, self.settings.rrf_k)
             ranked = sorted(fused.items(), key=lambda item: item[1], reverse=True)
         ranked = ranked[:top_k]
         ids = [cid for cid, _ in ranked]
