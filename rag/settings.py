@@ -74,6 +74,11 @@ class IngestSettings(BaseModel):
         300.0, ge=0, description="Commit finished documents at least this often during a long ingest, so a "
         "kill loses at most this much work (each commit rewrites the FAISS file). 0 commits after every batch."
     )
+    max_chars_per_byte: float = Field(
+        20.0, gt=0, description="A file whose extracted text exceeds this many characters per byte of the file "
+        "(and 200,000 characters in all) is reported as a text bomb and skipped: 305 real PDFs of the eval sets "
+        "stay below 0.65, a 7.6 KiB crafted PDF expands to 1.39 M characters (183 per byte)."
+    )
     min_chars_per_page: int = Field(
         1, ge=0, description="A document whose pages average fewer extracted characters is treated as "
         "image-only (scanned, no text layer) and skipped."

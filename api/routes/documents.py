@@ -17,12 +17,12 @@ from api.schemas import DocumentOut, ErrorOut, UploadOut
 from rag.runtime import Runtime
 from rag.settings import Settings
 from rag.indexing.store import DocumentRecord
+from rag.ingestion.ingestor import UPLOAD_PREFIX, upload_dir
 from rag.types import IngestReport
 
 router = APIRouter(tags=["documents"])
 
 MB = 1024 * 1024
-UPLOAD_PREFIX = "uploads/"  # stored names of uploads, apart from the folder rag-ingest syncs
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._\- ]+")
 
 
@@ -79,7 +79,7 @@ def safe_pdf_name(filename: str | None) -> str:
 
 
 def upload_folder(settings: Settings, runtime: Runtime) -> Path:
-    return settings.api.upload_dir or runtime.index.path / "uploads"
+    return upload_dir(settings, runtime.index.path)
 
 
 def _save_and_ingest(
