@@ -17,7 +17,7 @@ from rag.runtime import make_ingestor
 from tests import malformed_corpus, pdf_factory
 from tests.conftest import REPO, eval_set, make_settings
 
-GOOD = "Packet_switching.pdf"  # the smallest squad2-dev article: 13 copies embed in seconds
+GOOD = "Pelton_wheel.pdf"  # a short clapnq-dev article (15 KB): 13 copies embed in seconds
 
 
 def ingest(settings, docs: Path, embedder_bundle, rebuild: bool = False):
@@ -42,7 +42,7 @@ def stored(settings) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("malformed") / "docs"
-    built = malformed_corpus.build(folder, eval_set("squad2-dev") / "docs" / GOOD)
+    built = malformed_corpus.build(folder, eval_set("clapnq-dev") / "docs" / GOOD)
     assert built.kinds >= 35 and len(built.bad) >= 30
     return folder, built
 
@@ -67,7 +67,7 @@ def test_cli_reports_every_bad_entry_and_ingests_every_good_file(corpus, tmp_pat
 
 def test_rerun_reports_failures_without_parsing_them_again(tmp_path, embedder_bundle):
     docs = tmp_path / "docs"
-    built = malformed_corpus.build(docs, eval_set("squad2-dev") / "docs" / GOOD)
+    built = malformed_corpus.build(docs, eval_set("clapnq-dev") / "docs" / GOOD)
     settings = make_settings(tmp_path / "index")
     first = ingest(settings, docs, embedder_bundle)
     assert first.new == len(built.good) and {f.path for f in first.failed} == set(built.bad)
@@ -79,7 +79,7 @@ def test_rerun_reports_failures_without_parsing_them_again(tmp_path, embedder_bu
     assert reasons["text-bomb.pdf"].endswith(KNOWN_FAILURE_NOTE)  # not parsed again
     assert "parse_chunk" not in again.stage_seconds  # nothing was parsed
 
-    shutil.copy(eval_set("squad2-dev") / "docs" / GOOD, docs / "html.pdf")  # fixed: ingested on the next run
+    shutil.copy(eval_set("clapnq-dev") / "docs" / GOOD, docs / "html.pdf")  # fixed: ingested on the next run
     fixed = ingest(settings, docs, embedder_bundle)
     assert fixed.new == 1 and "html.pdf" not in {f.path for f in fixed.failed}
     assert "html.pdf" in stored(settings)
@@ -88,7 +88,7 @@ def test_rerun_reports_failures_without_parsing_them_again(tmp_path, embedder_bu
 def test_rebuild_keeps_uploaded_documents(tmp_path, embedder_bundle):
     docs = tmp_path / "docs"
     docs.mkdir()
-    shutil.copy(eval_set("squad2-dev") / "docs" / GOOD, docs / GOOD)
+    shutil.copy(eval_set("clapnq-dev") / "docs" / GOOD, docs / GOOD)
     settings = make_settings(tmp_path / "index")
     ingest(settings, docs, embedder_bundle)
     uploads = upload_dir(settings, settings.index.path)

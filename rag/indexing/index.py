@@ -85,6 +85,7 @@ class DocumentIndex:
             raise IndexMissing(f"no index at {path}: run `rag-ingest DOCS_DIR --index {path}` first")
         index = cls(path, settings, ChunkStore(store_path).open())
         index._load_vectors()
+        index._sweep_superseded()
         return index
 
     def close(self) -> None:
@@ -217,6 +218,14 @@ class DocumentIndex:
         self.vectors.remove(removed)
         if new_ids:
             self.vectors.add(np.asarray(new_ids, dtype=np.int64), np.concatenate(new_vectors))
+
+    def _sweep_superseded(self) -> None:
+        """Delete FAISS files of generations before the committed one (a kill between a commit and its clean-up
+        leaves one). Safe without the write lock: a writer only ever creates the generation after the current."""
+        for stale in self.path.glob("vectors-*.faiss*"):
+            number = stale.name.removeprefix("vectors-").split(".", 1)[0]
+            if number.isdigit() and int(number) < self.generation:
+                stale.unlink(missing_ok=True)
 
     def _sweep(self, keep: str) -> None:
         """Delete FAISS files no generation refers to (left by this change or by a killed run)."""
