@@ -20,7 +20,8 @@ examples:
   OpenAI clients: base_url="http://localhost:8000/v1", any model name.
 
 Settings come from RAG_* environment variables (see README); the options here override them.
-A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set.
+A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set. A missing index (say, a
+mistyped --index) or one built with another embedder is refused (exit 2); --create-index starts on an empty one.
 """
 
 
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to bind (default: settings api.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default: settings api.port, 8000)")
     parser.add_argument("--index", type=Path, help="index folder (default: settings index.path, ./rag-index)")
+    parser.add_argument(
+        "--create-index", action="store_true",
+        help="start on an empty index when none exists at --index (to fill it through POST /v1/documents)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -51,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"rag-serve: error: {exc}", file=sys.stderr)
         return 2
+    from rag.errors import RagError
+
+    try:
+        check_index(settings, create=args.create_index)
+    except RagError as exc:  # before loading any model: a mistyped --index must not serve an empty index
+        print(f"rag-serve: error: {exc}", file=sys.stderr)
+        return 2
     import uvicorn
 
     from api.app import create_app
@@ -60,6 +72,20 @@ def main(argv: list[str] | None = None) -> int:
 
     uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_level=args.log_level)
     return 0
+
+
+def check_index(settings, create: bool) -> None:
+    """IndexMissing when there is no index (unless ``create``), IndexIncompatible when it was built with another
+    embedder than the configured one."""
+    from rag.indexing.index import DocumentIndex, STORE_FILE
+
+    if create and not (settings.index.path / STORE_FILE).exists():
+        return
+    index = DocumentIndex.open(settings.index.path, settings.index)
+    try:
+        index.check_embedder(settings.models.embedder)
+    finally:
+        index.close()
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class Runtime:
         s = self.settings
         self.index = DocumentIndex.open(s.index.path, s.index, create=True)
         self.embedder, path = load_embedder(s)
+        self.index.check_embedder(s.models.embedder, self.embedder.dim)  # before answering from a foreign index
         self.ingestor = make_ingestor(s, self.embedder, path)
         self.retriever = HybridRetriever(self.index, self.embedder, s.retrieval).load()
         if with_generator:

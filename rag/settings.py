@@ -174,6 +174,10 @@ class ApiSettings(BaseModel):
     api_key: str | None = Field(None, description="When set, every route but /healthz needs 'Authorization: Bearer <key>'.")
     max_question_chars: int = Field(2000, ge=1, description="Longest question accepted.")
     max_upload_mb: float = Field(50.0, gt=0, description="Largest PDF accepted by POST /v1/documents.")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="A request body that sends nothing for this long (fewer bytes than its "
+        "Content-Length, then silence) is answered 408 and its connection freed."
+    )
     upload_dir: Path | None = Field(
         None, description="Where uploaded PDFs are kept; defaults to <index.path>/uploads."
     )

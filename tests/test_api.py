@@ -380,14 +380,17 @@ ON_TOPIC = "What religion were the Normans?"  # clears the relevance gate, so it
 
 
 @contextmanager
-def parked_generator_client(runtime, queue_size: int, request_timeout_s: float = 60.0) -> Iterator[TestClient]:
+def parked_generator_client(
+    runtime, queue_size: int, request_timeout_s: float = 60.0, row_seconds: float = 2.0,
+) -> Iterator[TestClient]:
     """A client of an app whose real BatchingGenerator already holds one parked job: its worker waits a
-    minute to fill a batch of ``queue_size + 1``, so nothing is generated while the test runs."""
+    minute to fill a batch of ``queue_size + 1``, so nothing is generated while the test runs. ``row_seconds``
+    is the batcher's cost estimate per batch row (admission control), before anything is measured."""
     settings = runtime.settings.model_copy(deep=True)
     settings.generation.queue_size, settings.generation.max_batch_size = queue_size, queue_size + 1
     settings.generation.batch_wait_ms = 60_000
     settings.generation.request_timeout_s = request_timeout_s
-    batcher = BatchingGenerator(runtime.llm, settings.generation).start()
+    batcher = BatchingGenerator(runtime.llm, settings.generation, initial_row_seconds=row_seconds).start()
     parked: list[BaseException] = []
 
     def park() -> None:
@@ -434,9 +437,22 @@ def test_full_generator_queue_is_503_with_retry_after(runtime):
             assert response.json()["detail"]
 
 
+def test_request_that_cannot_start_within_its_time_limit_is_503_at_once(runtime):
+    # One parked job ahead, estimated at 2 s a row: a request with 1.5 s in all cannot start in time.
+    with parked_generator_client(runtime, queue_size=len(OVERLOAD_REQUESTS) + 1, request_timeout_s=1.5) as client:
+        for path, body in OVERLOAD_REQUESTS:
+            started = time.monotonic()
+            response = client.post(path, json=body)
+            assert time.monotonic() - started < 1.0, "refused at once, not after waiting"
+            assert response.status_code == 503, (path, body, response.text)
+            assert int(response.headers["retry-after"]) >= 1 and "busy" in response.json()["detail"]
+
+
 def test_request_that_waits_past_its_time_limit_is_504(runtime):
-    # Room for every request: a timed-out job keeps its place in the waiting list until the worker reaches it.
-    with parked_generator_client(runtime, queue_size=len(OVERLOAD_REQUESTS) + 1, request_timeout_s=0.5) as client:
+    # An estimate far too low (as before anything is measured) admits requests that then wait too long.
+    with parked_generator_client(
+        runtime, queue_size=len(OVERLOAD_REQUESTS) + 1, request_timeout_s=0.5, row_seconds=0.01,
+    ) as client:
         for path, body in OVERLOAD_REQUESTS:
             started = time.monotonic()
             response = client.post(path, json=body)

@@ -457,6 +457,20 @@ def test_abandoned_and_timed_out_rows_stop_at_the_next_decode_step(generator: Tr
         assert batcher.rows_stopped == 2
         # The batch ended about when the request gave up, far sooner than 256 tokens take on this machine.
         assert time.monotonic() - started < first + 1.0 + 5.0
+        async def cancel_while_generating() -> None:  # what the API's guard does when a client disconnects
+            task = asyncio.ensure_future(batcher.submit(prompt, 256))
+            while batcher._in_progress is None:
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        started = time.monotonic()
+        _run(cancel_while_generating())
+        while batcher.batches_run < 3:
+            assert time.monotonic() - started < first + 5.0, "the cancelled request kept generating"
+            time.sleep(0.05)
+        assert batcher.rows_stopped == 3
         probe = generator.generate_batch([prompt], 24)[0]
         assert probe.finish_reason == "length"  # the prompt really does ask for a long answer
     finally:

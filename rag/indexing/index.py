@@ -105,6 +105,25 @@ class DocumentIndex:
                 "rerun rag-ingest with --rebuild, or point --index at a new folder"
             )
 
+    def check_embedder(self, embedder: str, dim: int | None = None) -> None:
+        """Refuse to search with another embedder than the one the index was built with (its vectors would
+        be compared with query vectors of another space, or another size). An empty index takes any."""
+        stored = self.profile
+        if stored is None or self.store.count_chunks() == 0:
+            return
+        if stored.embedder != embedder or (dim is not None and stored.dim != dim):
+            raise IndexIncompatible(
+                f"the index at {self.path} was built with embedder {stored.embedder!r} ({stored.dim} dimensions), "
+                f"but the configured embedder is {embedder!r}{f' ({dim} dimensions)' if dim else ''}: set "
+                f"RAG_MODELS__EMBEDDER={stored.embedder}, or rebuild it with rag-ingest --rebuild"
+            )
+
+    def is_empty(self) -> bool:
+        """Whether there is nothing to search (cheap while vectors are loaded: the store is asked only then)."""
+        if self.vectors is not None and self.vectors.ntotal > 0:
+            return False
+        return self.store.count_chunks() == 0
+
     def _load_vectors(self) -> None:
         """Load the current FAISS file, rebuilding it from the store if missing or out of step."""
         self.generation = int(self.store.get_meta("generation", "0"))
