@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.deps import require_api_key
 from api.guards import RequestGuard
@@ -133,7 +134,8 @@ def _add_docs(app: FastAPI, settings: Settings, guarded: list) -> None:
 
 
 def _with_settings_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The generated OpenAPI document with maxLength/maximum from settings on the fields check_limits enforces."""
+    """The generated OpenAPI document with maxLength/maximum from settings on the fields check_limits enforces,
+    and the bearer security scheme only when a key is configured."""
     components = schema.get("components", {}).get("schemas", {})
     ceiling = settings.generation.max_new_tokens_limit
 
@@ -145,6 +147,11 @@ def _with_settings_limits(schema: dict[str, Any], settings: Settings) -> dict[st
             if option.get("type") in ("integer", "string"):
                 option[key] = value
 
+    if not settings.api.api_key:  # no key, no check: the document must not ask clients for one
+        schema.get("components", {}).pop("securitySchemes", None)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.pop("security", None)
     limit("QueryRequest", "question", "maxLength", settings.api.max_question_chars)
     limit("QueryRequest", "max_new_tokens", "maximum", ceiling)
     limit("ChatCompletionRequest", "max_tokens", "maximum", ceiling)
@@ -188,7 +195,20 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(request, exc.status_code, exc.detail, exc.headers)
+    headers = exc.headers
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        # Starlette names only the methods of the first route on the path; GET and POST /v1/documents are two.
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return _error(request, exc.status_code, exc.detail, headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            allowed |= getattr(route, "methods", None) or set()
+    return sorted(allowed)
 
 
 async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:

@@ -18,7 +18,6 @@ from rag.indexing.store import DocumentRecord
 from rag.types import Answer, Citation
 
 
-
 def _integral(value: Any) -> Any:
     """37.0 as 37: JSON Schema's "integer" admits a number with a zero fraction, and clients send them."""
     if isinstance(value, float) and value.is_integer():
@@ -37,12 +36,15 @@ def _unicode(value: str) -> str:
 
 
 Text = Annotated[StrictStr, AfterValidator(_unicode)]
-Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 NOT_BLANK = r"\S"  # in the OpenAPI schema: at least one character that is not white space
-
-TopK = Annotated[Integer, Field(ge=1, le=50, description="Passages handed to the generator (default: settings).")]
+# The constraints go on StrictInt itself (before the validator), or the schema says "ge" instead of "minimum".
+TopK = Annotated[
+    StrictInt, Field(ge=1, le=50, description="Passages handed to the generator (default: settings)."),
+    BeforeValidator(_integral),
+]
 MaxNewTokens = Annotated[
-    Integer, Field(ge=1, description="Cap on generated tokens, at most generation.max_new_tokens_limit.")
+    StrictInt, Field(ge=1, description="Cap on generated tokens, at most generation.max_new_tokens_limit."),
+    BeforeValidator(_integral),
 ]
 
 
