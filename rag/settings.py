@@ -78,6 +78,11 @@ class IngestSettings(BaseModel):
         300.0, ge=0, description="Commit finished documents at least this often during a long ingest, so a "
         "kill loses at most this much work (each commit rewrites the FAISS file). 0 commits after every batch."
     )
+    max_chars_per_byte: float = Field(
+        20.0, gt=0, description="A file whose extracted text exceeds this many characters per byte of the file "
+        "(and 200,000 characters in all) is reported as a text bomb and skipped: 305 real PDFs of the eval sets "
+        "stay below 0.65, a 7.6 KiB crafted PDF expands to 1.39 M characters (183 per byte)."
+    )
     min_chars_per_page: int = Field(
         1, ge=0, description="A document whose pages average fewer extracted characters is treated as "
         "image-only (scanned, no text layer) and skipped."
@@ -181,6 +186,10 @@ class ApiSettings(BaseModel):
     api_key: str | None = Field(None, description="When set, every route but /healthz needs 'Authorization: Bearer <key>'.")
     max_question_chars: int = Field(2000, ge=1, description="Longest question accepted.")
     max_upload_mb: float = Field(50.0, gt=0, description="Largest PDF accepted by POST /v1/documents.")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="A request body that sends nothing for this long (fewer bytes than its "
+        "Content-Length, then silence) is answered 408 and its connection freed."
+    )
     upload_dir: Path | None = Field(
         None, description="Where uploaded PDFs are kept; defaults to <index.path>/uploads."
     )

@@ -9,6 +9,9 @@ page boundaries, so chunking stays per document and does not depend on how the p
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -117,10 +120,22 @@ class _Scheduler:
 _worker_state: dict = {}
 
 
+PARENT_POLL_SECONDS = 0.5
+
+
 def _worker_init(tokenizer_path: str, settings: Settings) -> None:
+    # A SIGKILLed ingest cannot shut its pool down, and a worker blocked on its task queue would wait forever
+    # (keeping the resource tracker alive too): each worker leaves as soon as its parent is gone.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     _worker_state["chunker"] = Chunker(tokenizer_path, settings.chunking).load()
     _worker_state["settings"] = settings
     _worker_state["open"] = LastOpenPdf(settings.ingest)  # the ranges of a file are queued together
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _worker_first(name: str, path: Path, pages_per_task: int) -> ParsedFile | PageRange | FileFailure:
