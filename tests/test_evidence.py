@@ -60,8 +60,7 @@ def test_select_evidence_keeps_the_sentence_before_and_merges_runs() -> None:
     assert len(tight.quotes) == 1 and "Charles Richard" in tight.quotes[0].text  # the best always fits
 
 
-def test_real_embedder_ranks_the_answering_sentence_first(embedder_bundle) -> None:
-    embedder, _ = embedder_bundle
+def test_real_embedder_ranks_the_answering_sentence_first(embedder) -> None:
     question = "Who built the most successful steam engine indicator for Charles Porter?"
     passages = [_passage(STEAM, 1), _passage("Normandy is a region of France. Rollo was its first ruler.", 2,
                                              "Normans.pdf", 1)]
