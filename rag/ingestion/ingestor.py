@@ -121,7 +121,10 @@ class Ingestor:
         if progress:
             progress(plan.unchanged)
         if plan.to_ingest or plan.to_remove:
-                self._run(index, plan.to_ingest, plan.to_remove, FOLDER, report, progress, checkpoints=not rebuild)
+            self._run(
+                index, plan.to_ingest, plan.to_remove, FOLDER, report, progress, checkpoints=not rebuild,
+                engine=self.settings.ingest.engine,
+            )
         report.chunks_total = index.store.count_chunks()
         report.seconds = time.perf_counter() - started
         return report
@@ -135,7 +138,8 @@ class Ingestor:
             report.unchanged = 1
         else:
             report.new, report.changed = (0, 1) if existing else (1, 0)
-            # No removal up front: a stored version is replaced only when the new file parses.
+            # No removal up front: a stored version is replaced only when the new file parses. One upload is
+            # never worth a cluster: always the local engine.
             self._run(index, [(name, path)], [], UPLOAD, report, None, checkpoints=False)
         report.chunks_total = index.store.count_chunks()
         report.seconds = time.perf_counter() - started
@@ -144,10 +148,27 @@ class Ingestor:
     # -- the pipeline ---------------------------------------------------------------------------------
     def _run(
         self, index: DocumentIndex, files: list[tuple[str, Path]], remove: list[str], collection: str,
-        report: IngestReport, progress: Callable[[int], None] | None, checkpoints: bool,
+        report: IngestReport, progress: Callable[[int], None] | None, checkpoints: bool, engine: str = "local",
+    ) -> None:
+        """Parse, chunk and embed ``files`` on ``engine``, and commit them (and ``remove``) to ``index``.
+
+        Both engines hand this loop groups of results; committing stays here, in this process, so the
+        index's crash safety and format do not depend on where the work ran.
+        """
+        stages = report.stage_seconds
+        if engine == "ray":
+            from rag.ingestion.ray_engine import RayEngine
+
+            groups = RayEngine(self.settings).run(files, collection, stages)
+        else:
+            groups = self._local_groups(files, collection, stages)
+        self._commit_all(index, groups, remove, collection, report, progress, checkpoints)
+
+    def _commit_all(
+        self, index: DocumentIndex, groups: Iterator[list[NewDocument | FileFailure]], remove: list[str],
+        collection: str, report: IngestReport, progress: Callable[[int], None] | None, checkpoints: bool,
     ) -> None:
         pending_remove = list(remove)
-        batch: list[ParsedFile] = []
         ready: list[NewDocument] = []
         last_commit = time.perf_counter()
         stages = report.stage_seconds
@@ -162,26 +183,38 @@ class Ingestor:
             pending_remove, ready, last_commit = [], [], time.perf_counter()
             stages["index"] = stages.get("index", 0.0) + time.perf_counter() - started
 
-        for result in self._parse_all(files, stages):
-            if isinstance(result, FileFailure):
-                report.failed.append(result)
-                if collection == FOLDER and result.path in index.store.documents():
-                    # The folder's file changed into something unreadable: the index mirrors the folder, so its
-                    # old chunks go. (An upload that fails keeps the stored version instead.)
-                    pending_remove.append(result.path)
-            else:
-                report.pages += result.pages
-                batch.append(result)
-            if progress:
-                progress(1)
-            if sum(len(f.chunks) for f in batch) >= self.settings.ingest.embed_batch_size * 4:
-                ready += self._embed(batch, collection, stages)
-                batch = []
-                if checkpoints and time.perf_counter() - last_commit >= self.settings.ingest.checkpoint_seconds:
-                    commit()
-        ready += self._embed(batch, collection, stages)
+        for group in groups:
+            for result in group:
+                if isinstance(result, FileFailure):
+                    report.failed.append(result)
+                    if collection == FOLDER and result.path in index.store.documents():
+                        # The folder's file changed into something unreadable: the index mirrors the folder, so
+                        # its old chunks go. (An upload that fails keeps the stored version instead.)
+                        pending_remove.append(result.path)
+                else:
+                    report.pages += result.pages
+                    ready.append(result)
+                if progress:
+                    progress(1)
+            if ready and checkpoints and time.perf_counter() - last_commit >= self.settings.ingest.checkpoint_seconds:
+                commit()
         if ready or pending_remove:
             commit()
+
+    def _local_groups(
+        self, files: list[tuple[str, Path]], collection: str, stages: dict[str, float],
+    ) -> Iterator[list[NewDocument | FileFailure]]:
+        """The local engine: parse and chunk in worker processes, embed here in batches of several files."""
+        batch: list[ParsedFile] = []
+        for result in self._parse_all(files, stages):
+            if isinstance(result, FileFailure):
+                yield [result]
+                continue
+            batch.append(result)
+            if sum(len(f.chunks) for f in batch) >= self.settings.ingest.embed_batch_size * 4:
+                yield self._embed(batch, collection, stages)
+                batch = []
+        yield self._embed(batch, collection, stages)
 
     def _parse_all(self, files: list[tuple[str, Path]], stages: dict[str, float]) -> Iterator[ParsedFile | FileFailure]:
         """Parse and chunk files, in worker processes when there are enough bytes; yields in completion order."""

@@ -1,0 +1,136 @@
+"""The Ray engine on a local Ray instance (2 CPUs): same chunks, vectors, failures and index as the local engine.
+
+Real PDFs (two squad2-dev articles, a 46-page 10-Q split into 8-page ranges), broken files, the real embedder,
+FAISS and SQLite. Skipped where Ray is not installed (pip install -e ".[ray]"; the dev extra includes it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag.errors import UsageError
+from rag.indexing.index import DocumentIndex
+from rag.runtime import make_ingestor
+from tests import pdf_factory
+from tests.conftest import eval_set, make_settings
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
+
+PAGES_PER_TASK = 8  # the 46-page filing becomes 6 ranges, read by separate Ray tasks
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One private Ray instance for the module, as rag-ingest would start it (the rag package shipped)."""
+    from rag.ingestion.ray_engine import start_ray
+
+    started = start_ray(make_settings(Path("unused")), num_cpus=2)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    docs = tmp_path_factory.mktemp("ray_docs")
+    squad = eval_set("squad2-dev") / "docs"
+    shutil.copy(squad / "Normans.pdf", docs / "Normans.pdf")
+    (docs / "sub").mkdir()
+    shutil.copy(squad / "Steam_engine.pdf", docs / "sub" / "Steam_engine.pdf")
+    shutil.copy(eval_set("sec10q-dev") / "docs" / "2023 Q1 AAPL.pdf", docs / "aapl.pdf")
+    pdf_factory.not_a_pdf(docs / "html.pdf")
+    pdf_factory.truncated_pdf(docs / "cut.pdf", squad / "Normans.pdf")
+    # Long enough to be split into ranges: every page fails (across ranges), or no page has text.
+    pdf_factory.broken_page_pdf(docs / "dead.pdf", [f"page {i}" for i in range(1, 11)], set(range(1, 11)))
+    pdf_factory.image_only_pdf(docs / "scan.pdf", pages=10)
+    return docs
+
+
+def _ingest(settings, docs: Path, embedder_bundle, rebuild: bool = False):
+    index = DocumentIndex.open(settings.index.path, settings.index, create=True)
+    try:
+        with index.writing():
+            return make_ingestor(settings, *embedder_bundle).sync_folder(index, docs, rebuild=rebuild)
+    finally:
+        index.close()
+
+
+def _contents(settings) -> tuple[dict, dict, dict]:
+    """(documents, chunks without ids, vectors) per document name, in position order."""
+    index = DocumentIndex.open(settings.index.path, settings.index)
+    try:
+        assert index.vectors.ntotal == index.store.count_chunks()
+        documents = {
+            name: (r.content_hash, r.pages, r.chunks, r.size_bytes, r.collection)
+            for name, r in index.store.documents().items()
+        }
+        chunks: dict[str, list] = {}
+        ids: dict[str, list[int]] = {}
+        for chunk in index.store.all_chunks():
+            chunks.setdefault(chunk.document, []).append(
+                (chunk.position, chunk.page_start, chunk.page_end, chunk.char_start, chunk.char_end,
+                 chunk.content_hash, chunk.text)
+            )
+            ids.setdefault(chunk.document, []).append(chunk.id)
+        vectors = {}
+        for name, chunk_ids in ids.items():
+            found = index.store.vectors_by_ids(chunk_ids, index.profile.dim)
+            vectors[name] = np.stack([found[i] for i in chunk_ids])
+        # The FAISS file answers for the stored vectors: a chunk's own vector finds it first.
+        first = ids["aapl.pdf"][3]
+        assert index.search(vectors["aapl.pdf"][3], 1)[0][0] == first
+        return documents, chunks, vectors
+    finally:
+        index.close()
+
+
+def test_same_index_on_both_engines(tmp_path, corpus, embedder_bundle, local_ray):
+    local = make_settings(tmp_path / "local", ingest__pages_per_task=PAGES_PER_TASK)
+    on_ray = make_settings(tmp_path / "ray", ingest__pages_per_task=PAGES_PER_TASK, ingest__engine="ray")
+
+    expected = _ingest(local, corpus, embedder_bundle)
+    report = _ingest(on_ray, corpus, embedder_bundle)
+
+    failures = {f.path: f.reason for f in report.failed}
+    assert failures == {f.path: f.reason for f in expected.failed}  # reported exactly as locally
+    assert set(failures) == {"html.pdf", "cut.pdf", "dead.pdf", "scan.pdf"}
+    assert "text extraction failed on every page" in failures["dead.pdf"]
+    assert "no text layer" in failures["scan.pdf"]
+    assert (report.new, report.pages, report.chunks_added) == (expected.new, expected.pages, expected.chunks_added)
+    assert "ray_pipeline" in report.stage_seconds and "index" in report.stage_seconds
+
+    documents, chunks, vectors = _contents(on_ray)
+    want_documents, want_chunks, want_vectors = _contents(local)
+    assert set(documents) == {"Normans.pdf", "sub/Steam_engine.pdf", "aapl.pdf"}
+    assert documents == want_documents  # hash, pages, chunk count, size, collection
+    assert chunks == want_chunks  # text, pages, offsets, hashes, positions
+    assert chunks["aapl.pdf"][-1][2] == 46  # the last range's pages made it in
+    for name, vecs in vectors.items():
+        np.testing.assert_allclose(vecs, want_vectors[name], atol=1e-5)
+
+    # A rerun on Ray: the stored files are unchanged, the bad ones (never stored) are tried and reported again.
+    again = _ingest(on_ray, corpus, embedder_bundle)
+    assert (again.new, again.changed, again.unchanged, again.chunks_added) == (4, 0, 3, 0)
+    assert {f.path for f in again.failed} == set(failures)
+    rewritten = tmp_path / "docs"
+    shutil.copytree(corpus, rewritten)
+    pdf_factory.not_a_pdf(rewritten / "Normans.pdf")
+    third = _ingest(on_ray, rewritten, embedder_bundle)
+    assert third.changed == 1 and [f.path for f in third.failed if f.path == "Normans.pdf"] == ["Normans.pdf"]
+    assert third.chunks_removed == len(want_chunks["Normans.pdf"]) and third.chunks_added == 0
+    documents, chunks, _ = _contents(on_ray)
+    assert set(documents) == {"sub/Steam_engine.pdf", "aapl.pdf"}
+    assert chunks["aapl.pdf"] == want_chunks["aapl.pdf"]
+
+
+def test_missing_ray_names_the_extra(monkeypatch):
+    from rag.ingestion import ray_engine
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(UsageError, match=r"pip install -e '\.\[ray\]'"):
+        ray_engine.import_ray()
