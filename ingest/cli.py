@@ -28,6 +28,9 @@ examples:
   rag-ingest ~/reports --index /data/reports   choose where the index lives
   rag-ingest ~/reports --json > report.json    machine-readable summary
   rag-ingest ~/reports --rebuild               re-embed everything (after changing models or chunking)
+  rag-ingest ~/reports --engine ray            parse, chunk and embed on a private Ray instance here
+  rag-ingest /shared/reports --engine ray --ray-address auto --index /shared/index
+                                               on the Ray cluster this machine belongs to (see README)
 
 A rerun only touches what changed: unchanged files (same content hash) are skipped, changed files are
 re-embedded, deleted files are removed. Settings come from RAG_* environment variables (see README).
@@ -45,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index", type=Path, help="index folder (default: settings index.path, ./rag-index)")
     parser.add_argument("--rebuild", action="store_true", help="re-embed every file, replacing the index atomically")
     parser.add_argument("--workers", type=int, help="parsing processes (default: one per core)")
+    parser.add_argument("--engine", choices=["local", "ray"],
+                        help="where parsing, chunking and embedding run (default: settings ingest.engine, local); "
+                        "ray needs pip install -e '.[ray]'")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="with --engine ray: 'auto' (the cluster this machine is in), HOST:6379 or "
+                        "ray://HOST:10001 (default: settings ingest.ray_address; none starts Ray on this machine)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
@@ -64,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers < 1:
                 raise UsageError(f"--workers must be >= 1, got {args.workers}")
             settings.ingest.workers = args.workers
+        if args.engine:
+            settings.ingest.engine = args.engine
+        if args.ray_address:
+            if settings.ingest.engine != "ray":
+                raise UsageError("--ray-address needs --engine ray (or RAG_INGEST__ENGINE=ray)")
+            settings.ingest.ray_address = args.ray_address
         report = run(settings, args.docs_dir, rebuild=args.rebuild, show_progress=not (args.quiet or args.json))
     except (UsageError, ValidationError) as exc:
         print(f"rag-ingest: error: {exc}", file=sys.stderr)
@@ -92,6 +107,10 @@ def run(settings: Settings, docs_dir: Path, rebuild: bool = False, show_progress
     from rag.ingestion.ingestor import find_pdfs
 
     files = find_pdfs(docs_dir)  # fail on a missing or empty folder before loading any model
+    if settings.ingest.engine == "ray":
+        from rag.ingestion.ray_engine import import_ray
+
+        import_ray()  # the install hint before an index folder is created
     index = DocumentIndex.open(settings.index.path, settings.index, create=True)
     try:
         with index.writing():

@@ -134,3 +134,35 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(UsageError, match=r"pip install -e '\.\[ray\]'"):
         ray_engine.import_ray()
+
+
+def test_cli_ray_address_needs_the_ray_engine(tmp_path):
+    from ingest.cli import main
+
+    (tmp_path / "docs").mkdir()
+    pdf_factory.text_pdf(tmp_path / "docs" / "a.pdf", ["some text"])
+    assert main([str(tmp_path / "docs"), "--index", str(tmp_path / "index"), "--ray-address", "auto"]) == 2
+    assert not (tmp_path / "index").exists()
+
+
+@pytest.mark.slow
+def test_cli_engine_ray_end_to_end(tmp_path):
+    """rag-ingest --engine ray in its own process: a private Ray instance, the report and exit code as locally."""
+    import json
+    import subprocess
+
+    from tests.conftest import REPO
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(eval_set("squad2-dev") / "docs" / "Normans.pdf", docs / "Normans.pdf")
+    pdf_factory.not_a_pdf(docs / "bad.pdf")
+    run = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", str(docs), "--index", str(tmp_path / "index"), "--engine", "ray",
+         "--workers", "2", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 1, run.stderr  # some files failed, the rest ingested
+    report = json.loads(run.stdout)
+    assert report["new"] == 2 and [f["path"] for f in report["failed"]] == ["bad.pdf"]
+    assert report["chunks_total"] > 0 and "ray_pipeline" in report["stage_seconds"]
