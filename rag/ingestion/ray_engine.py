@@ -117,7 +117,10 @@ class RayEngine:
     def _dataset(self, files: list[tuple[str, Path]]):
         import ray.data
 
-        settings = self.settings
+        # The workers get the sections they use, not the API key or the index path.
+        settings = Settings.model_construct(
+            models=self.settings.models, chunking=self.settings.chunking, ingest=self.settings.ingest,
+        )
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # rag-ingest shows its own, per file
         context.print_on_execution_start = False
