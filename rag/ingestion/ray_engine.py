@@ -222,10 +222,9 @@ def _parse_file(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
         _, opened = _worker(settings)
         pdf = opened.get(path)
         first = pdf.read(0, per_task)
-        later = [
-            _read_range.remote(name, str(path), start, start + per_task, settings)
-            for start in range(per_task, pdf.page_count, per_task)
-        ]
+        starts = range(per_task, pdf.page_count, per_task)
+        read_range = ray.remote(_read_range) if starts else None
+        later = [read_range.remote(name, str(path), start, start + per_task, settings) for start in starts]
         parts = [first, *ray.get(later)]
         failures = [part for part in parts if isinstance(part, FileFailure)]
         return failures[0] if failures else parts  # the failure of the earliest range, as one process would
@@ -233,32 +232,11 @@ def _parse_file(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return {"name": name, "path": str(path), "parsed": pickle.dumps(guarded(name, parse))}
 
 
-def _read_range_impl(name: str, path: str, start: int, stop: int, settings: Settings):
+def _read_range(name: str, path: str, start: int, stop: int, settings: Settings):
+    """A Ray task (made remote in ``_parse_file``): pages [start, stop) of one file, or its failure."""
     from rag.ingestion.pdf_parsing import guarded
 
     return guarded(name, lambda: _worker(settings)[1].get(Path(path)).read(start, stop))
-
-
-def _remote_read_range():
-    import ray
-
-    return ray.remote(_read_range_impl)
-
-
-class _LazyRemote:
-    """``ray.remote`` applied on first use, so that importing this module does not need Ray."""
-
-    def __init__(self, make):
-        self._make = make
-        self._fn = None
-
-    def remote(self, *args):
-        if self._fn is None:
-            self._fn = self._make()
-        return self._fn.remote(*args)
-
-
-_read_range = _LazyRemote(_remote_read_range)
 
 
 _CHUNK_DEFAULTS = {
