@@ -128,6 +128,12 @@ def test_same_index_on_both_engines(tmp_path, corpus, embedder_bundle, local_ray
     assert chunks["aapl.pdf"] == want_chunks["aapl.pdf"]
 
 
+def test_actors_that_would_take_every_cpu_are_refused(tmp_path, corpus, embedder_bundle, local_ray):
+    settings = make_settings(tmp_path / "index", ingest__engine="ray", ingest__ray_embed_cpus=2.0)
+    with pytest.raises(UsageError, match="leaving none to parse"):
+        _ingest(settings, corpus, embedder_bundle)
+
+
 def test_missing_ray_names_the_extra(monkeypatch):
     from rag.ingestion import ray_engine
 

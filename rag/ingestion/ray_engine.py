@@ -185,6 +185,14 @@ def _embed_placement(settings: Settings) -> tuple[str, float | None, int]:
         )
     use_gpu = gpus > 0 and settings.models.device != "cpu"
     actors = settings.ingest.ray_embed_actors or (gpus if use_gpu else 1)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if actors * settings.ingest.ray_embed_cpus >= cpus:
+        # The actors hold their CPUs for the whole run: no parse task could ever start, and Ray would wait.
+        raise UsageError(
+            f"{actors} embedding actor(s) x {settings.ingest.ray_embed_cpus:g} CPUs would take all {cpus:g} CPUs "
+            "of the Ray cluster, leaving none to parse: lower ingest.ray_embed_actors or ingest.ray_embed_cpus, "
+            "or give Ray more CPUs (--workers for a private instance)"
+        )
     return ("cuda" if use_gpu else "cpu"), (1 if use_gpu else None), actors
 
 
