@@ -81,6 +81,15 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> bool:
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:
         raise UsageError(f"cannot reach a Ray cluster at {address!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception for a node that failed to start
+        if address is not None:
+            raise
+        # On an overloaded machine the raylet can give up on its metrics agent after a fixed 15 s
+        # (ray-project/ray#65983: "Timed out waiting for file .../metrics_agent_port_..."); a second start
+        # usually comes up.
+        log.warning("Ray failed to start (%s); trying once more", exc)
+        ray.shutdown()
+        ray.init(address=address, **kwargs)
     return True
 
 
