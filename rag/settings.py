@@ -87,6 +87,24 @@ class IngestSettings(BaseModel):
         1, ge=0, description="A document whose pages average fewer extracted characters is treated as "
         "image-only (scanned, no text layer) and skipped."
     )
+    engine: Literal["local", "ray"] = Field(
+        "local", description="'local' parses in a process pool on this machine and embeds in this process; "
+        "'ray' runs parsing, chunking and embedding as Ray Data stages on a Ray cluster (pip install -e '.[ray]'), "
+        "this process committing to the index as the local engine does."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster for engine='ray': None starts a private Ray instance on this machine; "
+        "'auto' joins the cluster this machine is a node of; 'HOST:6379' a cluster's head; 'ray://HOST:10001' "
+        "Ray Client."
+    )
+    ray_embed_actors: int = Field(
+        0, ge=0, description="Embedding actors for engine='ray' (each loads the model once); 0 means one per GPU "
+        "in the cluster, or 1 when it has none."
+    )
+    ray_embed_cpus: float = Field(
+        1.0, gt=0, description="CPUs reserved by each embedding actor for engine='ray' (Ray sets the actor's "
+        "thread count from it)."
+    )
 
 
 class IndexSettings(BaseModel):

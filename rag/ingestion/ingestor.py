@@ -9,7 +9,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rag.ingestion.chunking import relative_name
@@ -222,7 +222,7 @@ class Ingestor:
         if plan.to_ingest or plan.to_remove:
             self._run(
                 index, plan.to_ingest, plan.to_remove, FOLDER, report, progress, checkpoints=not rebuild,
-                collections=collections,
+                collections=collections, engine=self.settings.ingest.engine,
             )
         for failure in report.failed[parsed_failures:]:  # files that were parsed and failed: neither new nor changed
             if failure.path in plan.is_new:
@@ -272,7 +272,8 @@ class Ingestor:
             report.unchanged = 1
         else:
             report.new, report.changed = (0, 1) if existing else (1, 0)
-            # No removal up front: a stored version is replaced only when the new file parses.
+            # No removal up front: a stored version is replaced only when the new file parses. One upload is
+            # never worth a cluster: always the local engine.
             self._run(index, [(name, path)], [], UPLOAD, report, None, checkpoints=False)
         report.chunks_total = index.store.count_chunks()
         report.seconds = time.perf_counter() - started
@@ -282,12 +283,31 @@ class Ingestor:
     def _run(
         self, index: DocumentIndex, files: list[tuple[str, Path]], remove: list[str], collection: str,
         report: IngestReport, progress: Callable[[int], None] | None, checkpoints: bool,
-        collections: dict[str, str] | None = None,
+        collections: dict[str, str] | None = None, engine: str = "local",
     ) -> None:
-        """Parse, embed and commit ``files``, stored in ``collection`` unless ``collections`` names another."""
-        collections = collections or {}
+        """Parse, chunk and embed ``files`` on ``engine``, and commit them (and ``remove``) to ``index``; each is
+        stored in ``collection`` unless ``collections`` names another (uploads re-embedded by a rebuild).
+
+        Both engines hand this loop groups of results; committing stays here, in this process, so the
+        index's crash safety and format do not depend on where the work ran.
+        """
+        stages = report.stage_seconds
+        if engine == "ray":
+            from rag.ingestion.ray_engine import RayEngine
+
+            groups = RayEngine(self.settings).run(files, collection, stages)
+        else:
+            groups = self._local_groups(files, collection, stages)
+        self._commit_all(index, groups, remove, collection, collections or {}, report, progress, checkpoints)
+
+    def _commit_all(
+        self, index: DocumentIndex, groups: Iterator[list[NewDocument | FileFailure]], remove: list[str],
+        collection: str, collections: dict[str, str], report: IngestReport,
+        progress: Callable[[int], None] | None, checkpoints: bool,
+    ) -> None:
+        """Commit the engine's results as they come: every ``ingest.checkpoint_seconds`` when ``checkpoints``,
+        and at the end."""
         pending_remove = list(remove)
-        batch: list[ParsedFile] = []
         ready: list[NewDocument] = []
         last_commit = time.perf_counter()
         stages = report.stage_seconds
@@ -302,26 +322,40 @@ class Ingestor:
             pending_remove, ready, last_commit = [], [], time.perf_counter()
             stages["index"] = stages.get("index", 0.0) + time.perf_counter() - started
 
-        for result in self._parse_all(files, stages):
-            if isinstance(result, FileFailure):
-                report.failed.append(result)
-                if collections.get(result.path, collection) == FOLDER and result.path in index.store.documents():
-                    # The folder's file changed into something unreadable: the index mirrors the folder, so its
-                    # old chunks go. (An upload that fails keeps the stored version instead.)
-                    pending_remove.append(result.path)
-            else:
-                report.pages += result.pages
-                batch.append(result)
-            if progress:
-                progress(1)
-            if sum(len(f.chunks) for f in batch) >= self.settings.ingest.embed_batch_size * 4:
-                ready += self._embed(batch, collection, collections, stages)
-                batch = []
-                if checkpoints and time.perf_counter() - last_commit >= self.settings.ingest.checkpoint_seconds:
-                    commit()
-        ready += self._embed(batch, collection, collections, stages)
+        for group in groups:
+            for result in group:
+                if isinstance(result, FileFailure):
+                    report.failed.append(result)
+                    if collections.get(result.path, collection) == FOLDER and result.path in index.store.documents():
+                        # The folder's file changed into something unreadable: the index mirrors the folder, so
+                        # its old chunks go. (An upload that fails keeps the stored version instead.)
+                        pending_remove.append(result.path)
+                else:
+                    if result.path in collections and result.collection != collections[result.path]:
+                        result = replace(result, collection=collections[result.path])
+                    report.pages += result.pages
+                    ready.append(result)
+                if progress:
+                    progress(1)
+            if ready and checkpoints and time.perf_counter() - last_commit >= self.settings.ingest.checkpoint_seconds:
+                commit()
         if ready or pending_remove:
             commit()
+
+    def _local_groups(
+        self, files: list[tuple[str, Path]], collection: str, stages: dict[str, float],
+    ) -> Iterator[list[NewDocument | FileFailure]]:
+        """The local engine: parse and chunk in worker processes, embed here in batches of several files."""
+        batch: list[ParsedFile] = []
+        for result in self._parse_all(files, stages):
+            if isinstance(result, FileFailure):
+                yield [result]
+                continue
+            batch.append(result)
+            if sum(len(f.chunks) for f in batch) >= self.settings.ingest.embed_batch_size * 4:
+                yield self._embed(batch, collection, stages)
+                batch = []
+        yield self._embed(batch, collection, stages)
 
     def _parse_all(self, files: list[tuple[str, Path]], stages: dict[str, float]) -> Iterator[ParsedFile | FileFailure]:
         """Parse and chunk files, in worker processes when there are enough bytes; yields in completion order."""
@@ -332,9 +366,7 @@ class Ingestor:
         yield from parse_files(files, self.tokenizer_path, self.settings, workers)
         stages["parse_chunk"] = stages.get("parse_chunk", 0.0) + time.perf_counter() - started
 
-    def _embed(
-        self, batch: list[ParsedFile], collection: str, collections: dict[str, str], stages: dict[str, float],
-    ) -> list[NewDocument]:
+    def _embed(self, batch: list[ParsedFile], collection: str, stages: dict[str, float]) -> list[NewDocument]:
         """Embed the chunks of several files in one call (fewer, fuller batches)."""
         if not batch:
             return []
@@ -346,7 +378,7 @@ class Ingestor:
         for f in batch:
             n = len(f.chunks)
             docs.append(NewDocument(
-                path=f.name, collection=collections.get(f.name, collection), content_hash=f.content_hash, pages=f.pages,
+                path=f.name, collection=collection, content_hash=f.content_hash, pages=f.pages,
                 size_bytes=f.size_bytes, chunks=f.chunks, vectors=vectors[offset:offset + n],
             ))
             offset += n

@@ -46,7 +46,7 @@ def parse_files(
     if workers <= 1 or not files:
         chunker = Chunker(tokenizer_path, settings.chunking).load()
         for name, path in files:
-            yield guarded(name, lambda: _chunked(chunker, name, path, parse_pdf(path, settings.ingest)))
+            yield guarded(name, lambda: chunk_parsed(chunker, name, path, parse_pdf(path, settings.ingest)))
         return
     # Largest files first, so that their ranges are queued early and no big file finishes last.
     ordered = sorted(files, key=lambda f: f[1].stat().st_size, reverse=True)
@@ -148,7 +148,7 @@ def _worker_first(name: str, path: Path, pages_per_task: int) -> ParsedFile | Pa
             return pdf.read(0, pages_per_task)
         part = pdf.read()
         document = assemble_document(path, part.content_hash, [part], settings.ingest)
-        return _chunked(_worker_state["chunker"], name, path, document)
+        return chunk_parsed(_worker_state["chunker"], name, path, document)
 
     return guarded(name, first)
 
@@ -160,13 +160,15 @@ def _worker_range(name: str, path: Path, start: int, stop: int) -> PageRange | F
 def _worker_chunk(name: str, path: Path, content_hash: str, parts: list[PageRange]) -> ParsedFile | FileFailure:
     settings: Settings = _worker_state["settings"]
     return guarded(
-        name, lambda: _chunked(_worker_state["chunker"], name, path,
+        name, lambda: chunk_parsed(_worker_state["chunker"], name, path,
                                assemble_document(path, content_hash, parts, settings.ingest)),
     )
 
 
 # -- shared ------------------------------------------------------------------------------------------------
-def _chunked(chunker: Chunker, name: str, path: Path, document) -> ParsedFile:
+def chunk_parsed(chunker: Chunker, name: str, path: Path, document) -> ParsedFile:
+    """Chunk a parsed document into the ParsedFile stored under ``name``; PdfError when no text is left
+    (shared by every engine, so that a file is refused for the same reason wherever it is parsed)."""
     chunks = chunker.chunk(document, name)
     if not chunks:
         raise PdfError("no text to index after extraction")
