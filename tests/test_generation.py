@@ -143,6 +143,11 @@ def test_request_that_cannot_start_in_time_is_refused_at_once() -> None:
         busy = threading.Thread(target=batcher.submit_sync, args=("busy", 4))
         busy.start()
         time.sleep(0.3)  # the running batch already took 30 times its estimate: the estimate is raised live
+        # What the answer service asks before its evidence step: the same verdict as submitting, nothing queued.
+        with pytest.raises(Overloaded, match="busy"):
+            batcher.check_admission(timeout_s=0.25)
+        batcher.check_admission(timeout_s=5)
+        assert batcher.waiting == 0
         started = time.monotonic()
         with pytest.raises(Overloaded, match="busy") as info:
             batcher.submit_sync("late", 4, timeout_s=0.25)
@@ -150,26 +155,6 @@ def test_request_that_cannot_start_in_time_is_refused_at_once() -> None:
         assert batcher.submit_sync("patient", 8, timeout_s=5).text == "PATIENT"  # room within its budget
         busy.join()
         assert fake.batch_sizes == [1, 1]  # "late" never reached the generator
-    finally:
-        batcher.stop()
-
-
-def test_check_admission_refuses_what_submitting_would_and_queues_nothing() -> None:
-    """The answer service asks before its costly evidence scoring: the same verdict as submitting, no job."""
-    fake = FakeGenerator(delay_s=0.6)
-    batcher = BatchingGenerator(fake, GenerationSettings(batch_wait_ms=0, max_batch_size=1), initial_row_seconds=0.01)
-    batcher.start()
-    try:
-        batcher.check_admission(timeout_s=0.25)  # idle: always admitted
-        busy = threading.Thread(target=batcher.submit_sync, args=("busy", 4))
-        busy.start()
-        time.sleep(0.3)
-        with pytest.raises(Overloaded, match="busy"):
-            batcher.check_admission(timeout_s=0.25)
-        batcher.check_admission(timeout_s=5)  # room within its budget
-        assert batcher.waiting == 0
-        busy.join()
-        assert fake.batch_sizes == [1]
     finally:
         batcher.stop()
 
