@@ -40,6 +40,7 @@ def chunk_count(index_dir: Path) -> int:
 def test_schemathesis_finds_no_server_error_and_no_conformance_failure(runtime, tmp_path):
     """Every check schemathesis has (positive and negative data), a bounded number of examples per operation.
     Generation is capped at 4 tokens so that the accepted questions answer in seconds on a CPU."""
+    pytest.importorskip("schemathesis", reason="pip install -e '.[campaign]'")
     settings = runtime.settings.model_copy(deep=True)
     settings.generation.max_new_tokens = settings.generation.max_new_tokens_limit = 4
     settings.index.path = tmp_path / "index"  # uploads land in a copy, not in the session's index
