@@ -144,7 +144,10 @@ def plan_sync(index: DocumentIndex, docs_dir: Path, files: list[Path], rebuild: 
         name = relative_name(path, docs_dir)
         seen.add(name)
         record = stored.get(name)
-        digest = sha256_file(path)
+        try:
+            digest = sha256_file(path)
+        except OSError:  # unreadable or gone since the scan: the parse reports why
+            digest = ""
         if record is not None and not rebuild and record.content_hash == digest:
             plan.unchanged += 1
             continue
