@@ -131,7 +131,8 @@ class Runtime:
                     derived.retriever = self.retriever
             else:
                 derived._open_index(create=True)
-                derived.index.check_embedder(settings.models.embedder, derived.embedder.dim)
+                # the dimension only when known (an ingest runtime loads its embedder on first need)
+                derived.index.check_embedder(settings.models.embedder, derived.embedder.dim or None)
             derived._build_documents()
             if derived.retriever is None and self.retriever is not None:
                 derived.retriever = HybridRetriever(derived.index, derived.embedder, settings.retrieval).load()
