@@ -13,11 +13,15 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.deps import require_api_key
+from api.guards import RequestGuard
 from api.routes import documents, health, openai_compat, query
+from api.schemas import ErrorOut
 from rag.answering.batching import GenerationTimeout, Overloaded
 from rag.indexing.index import IndexBusy
 from rag.ingestion.documents import MB
@@ -29,6 +33,20 @@ log = logging.getLogger(__name__)
 JSON_BODY_LIMIT = 1024 * 1024  # bytes; questions are capped far below this by api.max_question_chars
 MULTIPART_OVERHEAD = 64 * 1024  # bytes of multipart framing allowed on top of api.max_upload_mb
 OPENAI_PREFIX = "/v1/chat/"  # routes whose errors also carry OpenAI's error object
+
+# Statuses any guarded route can answer, declared in the OpenAPI document so clients (and schemathesis) expect them.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorOut, "description": "The request body stopped arriving (api.body_timeout_s)."},
+    413: {"model": ErrorOut, "description": "The request body is larger than the route accepts."},
+    503: {"model": ErrorOut, "description": "Overloaded (with Retry-After), starting, or nothing indexed yet."},
+}
+GENERATING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **COMMON_RESPONSES,
+    504: {"model": ErrorOut, "description": "The answer did not finish within generation.request_timeout_s."},
+}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or wrong 'Authorization: Bearer <api.api_key>'."},
+}
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
@@ -64,19 +82,24 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         max_body_size=JSON_BODY_LIMIT,
+        # Served below, behind the API key like every route but /healthz.
+        openapi_url=None, docs_url=None, redoc_url=None,
     )
     app.state.settings = settings
     app.state.runtime = runtime
 
     guarded = [Depends(require_api_key)]
+    auth = UNAUTHORIZED if settings.api.api_key else {}
     app.include_router(health.public)
-    app.include_router(health.router, dependencies=guarded)
-    app.include_router(query.router, dependencies=guarded)
-    app.include_router(openai_compat.router, dependencies=guarded)
+    app.include_router(health.router, dependencies=guarded, responses=auth)
+    app.include_router(query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES})
+    app.include_router(openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES})
     app.include_router(
-        documents.router, dependencies=guarded,
+        documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES},
         max_body_size=int(settings.api.max_upload_mb * MB) + MULTIPART_OVERHEAD,
     )
+    _add_docs(app, settings, guarded)
+    app.add_middleware(RequestGuard, body_timeout_s=settings.api.body_timeout_s)
 
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -87,14 +110,77 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     return app
 
 
+def _add_docs(app: FastAPI, settings: Settings, guarded: list) -> None:
+    """/openapi.json, /docs and /redoc behind the same key check as the API; the document states the limits that
+    come from settings (question length, max_new_tokens ceiling), so a request valid by the schema is accepted."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _with_settings_limits(FastAPI.openapi(app), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    def openapi_json() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guarded)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+
+def _with_settings_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The generated OpenAPI document with maxLength/maximum from settings on the fields check_limits enforces,
+    and the bearer security scheme only when a key is configured."""
+    components = schema.get("components", {}).get("schemas", {})
+    ceiling = settings.generation.max_new_tokens_limit
+
+    def limit(model: str, field: str, key: str, value: int) -> None:
+        prop = components.get(model, {}).get("properties", {}).get(field)
+        if prop is None:
+            return
+        for option in prop.get("anyOf", [prop]):  # Optional fields: the non-null branch of anyOf
+            if option.get("type") in ("integer", "string"):
+                option[key] = value
+
+    if not settings.api.api_key:  # no key, no check: the document must not ask clients for one
+        schema.get("components", {}).pop("securitySchemes", None)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.pop("security", None)
+    limit("QueryRequest", "question", "maxLength", settings.api.max_question_chars)
+    limit("QueryRequest", "max_new_tokens", "maximum", ceiling)
+    limit("ChatCompletionRequest", "max_tokens", "maximum", ceiling)
+    limit("ChatCompletionRequest", "max_completion_tokens", "maximum", ceiling)
+    return schema
+
+
 def _error(request: Request, code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     """``{"detail": ...}`` as FastAPI writes it; on the OpenAI-compatible routes also OpenAI's ``error`` object,
-    whose ``message`` the official clients put in the exception they raise."""
+    whose ``message`` the official clients put in the exception they raise. Text that cannot be encoded (lone
+    surrogates echoed from the request) is escaped, so an error response never fails to render."""
+    detail = _encodable(detail)
     body: dict[str, Any] = {"detail": detail}
     if request.url.path.startswith(OPENAI_PREFIX):
         kind = "server_error" if code >= 500 else "authentication_error" if code == 401 else "invalid_request_error"
         body["error"] = {"message": _message(detail), "type": kind, "code": code}
     return JSONResponse(body, code, headers=headers)
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every string made UTF-8 encodable (a lone surrogate becomes its ``\\udXXX`` escape)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(v) for v in value]
+    return value
 
 
 def _message(detail: Any) -> str:
@@ -110,7 +196,20 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(request, exc.status_code, exc.detail, exc.headers)
+    headers = exc.headers
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        # Starlette names only the methods of the first route on the path; GET and POST /v1/documents are two.
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return _error(request, exc.status_code, exc.detail, headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            allowed |= getattr(route, "methods", None) or set()
+    return sorted(allowed)
 
 
 async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:

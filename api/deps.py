@@ -45,6 +45,11 @@ def get_answers(runtime: RuntimeDep) -> AnswerService:
     """The answering pipeline; 503 when the runtime was started without a generator."""
     if runtime.answers is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the generator is not loaded in this process")
+    if runtime.index.is_empty():  # not a 200 "not in the documents": there are no documents
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the index at {runtime.index.path} has no chunks: run `rag-ingest DOCS_DIR` or POST /v1/documents",
+        )
     return runtime.answers
 
 

@@ -22,8 +22,10 @@ examples:
   OpenAI clients: base_url="http://localhost:8000/v1", any model name.
 
 Settings come from RAG_* environment variables (see README); the options here override them.
-A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set (exit 2). The models
-are found (and the packaged generator converted, once) before the server binds: a missing one exits 4.
+A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set (exit 2). A missing index
+(say, a mistyped --index) or one built with another embedder is refused (exit 3); --create-index starts on an
+empty one. The models are found (and the packaged generator converted, once) before the server binds: a missing
+one exits 4.
 
 """ + EXIT_CODES
 
@@ -35,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to bind (default: settings api.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default: settings api.port, 8000)")
     parser.add_argument("--index", type=Path, help="index folder (default: settings index.path, ./rag-index)")
+    parser.add_argument(
+        "--create-index", action="store_true",
+        help="start on an empty index when none exists at --index (to fill it through POST /v1/documents)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["index"] = {"path": args.index}
     try:
         settings = Settings().with_overrides(overrides)  # validated: insecure binds are refused
+        # the index before any model: a mistyped --index must not serve an empty index
+        check_index(settings, create=args.create_index)
         _find_models(settings)
     except (RagError, ValidationError) as exc:
         print(f"rag-serve: error: {error_message(exc)}", file=sys.stderr)
@@ -74,6 +82,20 @@ def _find_models(settings) -> None:
     select_device(settings.models)
     resolve_embedder(settings.models)
     resolve_generator(settings.models)
+
+
+def check_index(settings, create: bool) -> None:
+    """IndexMissing when there is no index (unless ``create``), IndexIncompatible when it was built with another
+    embedder than the configured one."""
+    from rag.indexing.index import DocumentIndex, STORE_FILE
+
+    if create and not (settings.index.path / STORE_FILE).exists():
+        return
+    index = DocumentIndex.open(settings.index.path, settings.index)
+    try:
+        index.check_embedder(settings.models.embedder)
+    finally:
+        index.close()
 
 
 if __name__ == "__main__":

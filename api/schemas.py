@@ -11,15 +11,40 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from rag.settings import Settings
 from rag.indexing.store import DocumentRecord
 from rag.types import Answer, Citation, Quote
 
-TopK = Annotated[StrictInt, Field(ge=1, le=50, description="Passages handed to the generator (default: settings).")]
+
+def _integral(value: Any) -> Any:
+    """37.0 as 37: JSON Schema's "integer" admits a number with a zero fraction, and clients send them."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _unicode(value: str) -> str:
+    """Refuse lone surrogates (JSON's "\\ud800" escapes decode to them; pydantic lets them through in some fields,
+    e.g. the chat request's): they are not text, and cannot be encoded into a response, a prompt or the store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"text must be valid Unicode: a lone surrogate at position {error.start}") from None
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_unicode)]
+NOT_BLANK = r"\S"  # in the OpenAPI schema: at least one character that is not white space
+# The constraints go on StrictInt itself (before the validator), or the schema says "ge" instead of "minimum".
+TopK = Annotated[
+    StrictInt, Field(ge=1, le=50, description="Passages handed to the generator (default: settings)."),
+    BeforeValidator(_integral),
+]
 MaxNewTokens = Annotated[
-    StrictInt, Field(ge=1, description="Cap on generated tokens, at most generation.max_new_tokens_limit.")
+    StrictInt, Field(ge=1, description="Cap on generated tokens, at most generation.max_new_tokens_limit."),
+    BeforeValidator(_integral),
 ]
 
 
@@ -31,8 +56,9 @@ class QueryRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: StrictStr = Field(
-        min_length=1, description="The question, at most api.max_question_chars characters, not blank."
+    question: Text = Field(
+        min_length=1, description="The question, at most api.max_question_chars characters, not blank.",
+        json_schema_extra={"pattern": NOT_BLANK},
     )
     top_k: TopK | None = None
     stream: StrictBool = Field(False, description="Answer as server-sent events (token, final, done).")
@@ -131,15 +157,15 @@ class ContentPart(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: StrictStr
-    text: StrictStr | None = None
+    type: Text
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: StrictStr | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -154,13 +180,28 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI's chat completion request. The LAST user message is the question; the rest of the conversation
+    """OpenAI's chat completion request. The LAST user message with text is the question; the rest of the conversation
     and sampling options (temperature, top_p, ...) are accepted and ignored: answers come from the documents."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr = Field("rag", description="Echoed back; there is one model behind the service.")
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: Text = Field("rag", description="Echoed back; there is one model behind the service.")
+    messages: list[ChatMessage] = Field(
+        min_length=1, description="The conversation; the last user message with non-blank text is the question.",
+        json_schema_extra={"contains": {
+            "type": "object", "required": ["role", "content"],
+            "properties": {
+                "role": {"const": "user"},
+                "content": {"anyOf": [
+                    {"type": "string", "pattern": NOT_BLANK},
+                    {"type": "array", "contains": {
+                        "type": "object", "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": {"type": "string", "pattern": NOT_BLANK}},
+                    }},
+                ]},
+            },
+        }},
+    )
     stream: StrictBool = False
     max_tokens: MaxNewTokens | None = None
     max_completion_tokens: MaxNewTokens | None = None
@@ -170,17 +211,14 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("messages")
     @classmethod
     def _has_question(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        users = [m for m in messages if m.role == "user"]
-        if not users:
-            raise ValueError("messages must contain a user message (its text is the question)")
-        if not users[-1].text().strip():
-            raise ValueError("the last user message must have non-blank text content")
+        if not any(m.role == "user" and m.text().strip() for m in messages):
+            raise ValueError("messages must contain a user message with non-blank text (its text is the question)")
         return messages
 
     @property
     def question(self) -> str:
-        """Text of the last user message."""
-        return next(m for m in reversed(self.messages) if m.role == "user").text()
+        """Text of the last user message with non-blank text (what the schema's ``contains`` promises)."""
+        return next(m for m in reversed(self.messages) if m.role == "user" and m.text().strip()).text()
 
     @property
     def max_new_tokens(self) -> int | None:

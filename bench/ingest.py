@@ -13,6 +13,10 @@ For each ``--docs`` folder (a corpus), in one process with one loaded MiniLM emb
    inside the adapter; index = ``from_documents`` minus embed.
 4. parse-only ceiling: pypdf ``extract_text`` alone, every page, in a process pool over page ranges (not
    whole files), so no single large PDF holds the pool up.
+5. with ``--engine ray``: ours again on the Ray engine (``rag.ingestion.ray_engine``) into another fresh index,
+   right after the local run, then its unchanged rerun; the overhead ratio is local pages/s over Ray pages/s.
+   Ray is started (or joined, ``--ray-address``) before the clock starts and its start time printed apart;
+   the embedding actors load the model inside the timed run, once per run, as rag-ingest does.
 
 Model loading is timed apart and excluded from every figure; the PDFs are read once first so that neither
 pipeline pays for a cold page cache. Pages/s are pages successfully extracted per wall-clock second.
@@ -38,6 +42,8 @@ examples:
   python -m bench.ingest --docs ../shared/eval/sec10q-dev/docs --docs bench-out/manuals --json bench-out/ingest.json
   python -m bench.ingest --docs ../shared/eval/sec10q-dev/docs --quick 2     first 2 files only (smoke test)
   python -m bench.ingest --docs bench-out/manuals --workers 16 --skip-baseline
+  python -m bench.ingest --docs ../shared/eval/sec10q-dev/docs --engine ray --skip-baseline --skip-stages
+                                                   local and Ray engines back to back, with the overhead ratio
 
 bench-out/manuals comes from `bash bench/fetch_manuals.sh`. Settings (RAG_*) apply to our pipeline as to
 rag-ingest. exit codes: 0 done; 2 usage error (missing folder, no PDFs, bad argument).
@@ -64,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-ceiling", action="store_true", help="do not measure the pypdf-only ceiling")
     parser.add_argument("--ceiling-pages-per-task", type=int, default=CEILING_PAGES_PER_TASK, metavar="N",
                         help=f"pages per pool task in the ceiling (default {CEILING_PAGES_PER_TASK})")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="ray: also run our pipeline on the Ray engine, after the local one (needs .[ray])")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="with --engine ray: a Ray cluster to use (default: a private instance with "
+                        "--workers CPUs)")
     return parser
 
 
@@ -76,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--quick must be >= 1, got {args.quick}")
     if args.ceiling_pages_per_task < 1:
         parser.error("--ceiling-pages-per-task must be >= 1")
+    if args.ray_address and args.engine != "ray":
+        parser.error("--ray-address needs --engine ray")
     corpora = []
     for docs in args.docs:
         files = _pdfs(docs)
@@ -99,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - started
     print(f"embedder {settings.models.embedder} on {embedder.device}: loaded in {load_s:.1f} s (excluded); "
           f"batch {embedder.batch_size}; workers {workers}\n", flush=True)
+    ray_info = _start_ray(settings, args.ray_address, workers) if args.engine == "ray" else None
 
     results = []
     for docs, files in corpora:
@@ -110,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f"-- corpus {docs}: {len(files)} files, {corpus['bytes'] / 2**20:.1f} MB", flush=True)
             corpus["ours"] = run_ours(settings, embedder, embedder_path, view, Path(tmp) / "index")
+            if ray_info is not None:
+                corpus["ours_ray"] = run_ours(settings, embedder, embedder_path, view, Path(tmp) / "index-ray", "ray")
+                corpus["ours_ray"]["same_chunks_as_local"] = _same_chunks(Path(tmp) / "index", Path(tmp) / "index-ray",
+                                                                         settings)
+                if corpus["ours_ray"]["pages_per_s"]:
+                    corpus["overhead_local_over_ray"] = corpus["ours"]["pages_per_s"] / corpus["ours_ray"]["pages_per_s"]
             if not args.skip_stages:
                 corpus["ours"]["stages_isolated"] = run_stage_split(settings, embedder_path, files, workers)
             if not args.skip_baseline:
@@ -124,21 +144,65 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(args.json, {
         "benchmark": "ingest", "machine": info, "embedder": settings.models.embedder, "embed_device": embedder.device,
-        "embedder_load_s": load_s, "workers": workers, "corpora": results,
+        "embedder_load_s": load_s, "workers": workers, "ray": ray_info, "corpora": results,
     })
+    if ray_info is not None:
+        import ray
+
+        ray.shutdown()
     return 0
+
+
+def _start_ray(settings, address: str | None, workers: int) -> dict[str, Any]:
+    """Start a private Ray instance with ``workers`` CPUs, or join ``address``; what the cluster has."""
+    import ray
+
+    from rag.ingestion.ray_engine import start_ray
+
+    settings.ingest.ray_address = address
+    started = time.perf_counter()
+    start_ray(settings, num_cpus=None if address else workers)
+    info = {"address": address or "private instance", "start_s": time.perf_counter() - started,
+            "resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")},
+            "nodes": len(ray.nodes()), "version": ray.__version__}
+    print(f"ray {info['version']}: {info['address']}, {info['nodes']} node(s), {info['resources'].get('CPU', 0):g} CPUs, "
+          f"{info['resources'].get('GPU', 0):g} GPUs; started in {info['start_s']:.1f} s (excluded)\n", flush=True)
+    return info
+
+
+def _same_chunks(local_index: Path, ray_index: Path, settings) -> bool:
+    """Whether both indexes hold the same chunks (text, pages, offsets, hashes) and vectors within 1e-5."""
+    import numpy as np
+
+    from rag.indexing.index import DocumentIndex
+
+    def contents(path: Path):
+        index = DocumentIndex.open(path, settings.index)
+        try:
+            chunks = sorted(index.store.all_chunks(), key=lambda c: (c.document, c.position))
+            ids, vectors = index.store.all_vectors(index.profile.dim)
+            by_id = dict(zip(ids.tolist(), vectors))
+            return ([(c.document, c.position, c.page_start, c.page_end, c.char_start, c.char_end, c.content_hash,
+                      c.text) for c in chunks], np.stack([by_id[c.id] for c in chunks]) if chunks else None)
+        finally:
+            index.close()
+
+    (local_chunks, local_vectors), (ray_chunks, ray_vectors) = contents(local_index), contents(ray_index)
+    if local_chunks != ray_chunks:
+        return False
+    return local_vectors is None or bool(np.allclose(local_vectors, ray_vectors, atol=1e-5))
 
 
 # ------------------------------------------------------------------------------------------------ ours
 
 
-def run_ours(settings, embedder, embedder_path: str, docs: Path, index_dir: Path) -> dict[str, Any]:
-    """Our ingest into a fresh index, then an unchanged rerun; stage seconds from the IngestReport."""
+def run_ours(settings, embedder, embedder_path: str, docs: Path, index_dir: Path, engine: str = "local") -> dict[str, Any]:
+    """Our ingest on ``engine`` into a fresh index, then an unchanged rerun; stage seconds from the IngestReport."""
     from rag.ingestion.chunking import token_counter
     from rag.indexing.index import DocumentIndex
     from rag.runtime import Runtime
 
-    settings = settings.with_overrides({"index": {"path": index_dir}})
+    settings = settings.with_overrides({"index": {"path": index_dir}, "ingest": {"engine": engine}})
 
     def sync() -> tuple[Any, float]:
         started = time.perf_counter()
@@ -156,7 +220,7 @@ def run_ours(settings, embedder, embedder_path: str, docs: Path, index_dir: Path
     stages = dict(first.stage_seconds)
     tokens = _model_tokens(token_counter(embedder_path), texts, embedder.max_tokens)
     return {
-        "pages": first.pages, "files_ingested": first.new + first.changed - len(first.failed),
+        "pages": first.pages, "files_ingested": first.new + first.changed,  # failures are counted in neither
         "failed": [f"{f.path}: {f.reason}" for f in first.failed], "chunks": first.chunks_added,
         "seconds": wall, "pages_per_s": first.pages / wall if wall else 0.0,
         # parse_chunk is the wall time of the parse generator, which includes the time the main process spent
@@ -456,6 +520,18 @@ def print_corpus(corpus: dict[str, Any]) -> None:
         row("  index (FAISS.from_documents)", bs["index"], base["pages"])
     if "ratio_ours_over_baseline" in corpus:
         print(f"ratio ours/baseline (pages/s end to end): {corpus['ratio_ours_over_baseline']:.2f}x")
+    on_ray = corpus.get("ours_ray")
+    if on_ray:
+        rs = on_ray["stage_seconds"]
+        row("ours on Ray end to end", on_ray["seconds"], on_ray["pages"],
+            f"{on_ray['chunks']} chunks; same chunks and vectors as local: {on_ray['same_chunks_as_local']}")
+        row("  Ray pipeline (parse+chunk+embed)", rs.get("ray_pipeline"), on_ray["pages"],
+            "streamed to the driver; includes the actors' model load")
+        row("  index (SQLite + FAISS commit)", rs.get("index"), on_ray["pages"])
+        print(f"{'ours on Ray rerun, unchanged':34}{fmt(on_ray['rerun_seconds'], 3):>10}{'':>10}  "
+              f"{on_ray['rerun_unchanged']} files unchanged")
+        if "overhead_local_over_ray" in corpus:
+            print(f"overhead local/Ray (pages/s end to end): {corpus['overhead_local_over_ray']:.2f}x")
     ceiling = corpus.get("ceiling")
     if ceiling:
         print(f"parse-only ceiling (pypdf, {ceiling['workers']} processes, {ceiling['pages_per_task']}-page tasks): "

@@ -28,14 +28,17 @@ if TYPE_CHECKING:
 
 
 class SerialGenerator:
-    """The ``stream`` that AnswerService needs from a batcher, without batching: each request runs its own
-    ``generate_batch([prompt])`` in a thread, after the previous one finished (an asyncio lock, so waiting
-    requests hold no thread)."""
+    """The ``stream`` (and ``check_admission``) that AnswerService needs from a batcher, without batching: each
+    request runs its own ``generate_batch([prompt])`` in a thread, after the previous one finished (an asyncio
+    lock, so waiting requests hold no thread). No admission control: every request waits its turn."""
 
     def __init__(self, llm: "TransformersGenerator"):
         self.llm = llm
         self._lock = asyncio.Lock()
         self.generate_calls = 0
+
+    def check_admission(self, timeout_s: float | None = None) -> None:
+        """Admits everything (the naive server queues without limit)."""
 
     async def stream(
         self, prompt: str, max_new_tokens: int, timeout_s: float | None = None

@@ -21,6 +21,9 @@ examples:
   rag-ingest ~/reports --index /data/reports   choose where the index lives
   rag-ingest ~/reports --json > report.json    machine-readable summary
   rag-ingest ~/reports --rebuild               re-embed everything (after changing models or chunking)
+  rag-ingest ~/reports --engine ray            parse, chunk and embed on a private Ray instance here
+  rag-ingest /shared/reports --engine ray --ray-address auto --index /shared/index
+                                               on the Ray cluster this machine belongs to (see README)
 
 A rerun only touches what changed: unchanged files (same content hash) are skipped, changed files are
 re-embedded, deleted files are removed. Settings come from RAG_* environment variables (see README).
@@ -36,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index", type=Path, help="index folder (default: settings index.path, ./rag-index)")
     parser.add_argument("--rebuild", action="store_true", help="re-embed every file, replacing the index atomically")
     parser.add_argument("--workers", type=int, help="parsing processes (default: one per core)")
+    parser.add_argument("--engine", choices=["local", "ray"],
+                        help="where parsing, chunking and embedding run (default: settings ingest.engine, local); "
+                        "ray needs pip install -e '.[ray]'")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="with --engine ray: 'auto' (the cluster this machine is in), HOST:6379 or "
+                        "ray://HOST:10001 (default: settings ingest.ray_address; none starts Ray on this machine)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
@@ -49,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         settings = Settings().with_overrides(overrides(args))  # validated like RAG_* variables
+        if args.ray_address and settings.ingest.engine != "ray":
+            raise UsageError("--ray-address needs --engine ray (or RAG_INGEST__ENGINE=ray)")
         report = run(settings, args.docs_dir, rebuild=args.rebuild, show_progress=not (args.quiet or args.json))
     except (RagError, ValidationError) as exc:
         print(f"rag-ingest: error: {error_message(exc)}", file=sys.stderr)
@@ -67,8 +78,13 @@ def overrides(args: argparse.Namespace) -> dict:
     values: dict = {}
     if args.index:
         values["index"] = {"path": args.index}
-    if args.workers is not None:
-        values["ingest"] = {"workers": args.workers}
+    ingest = {
+        key: value for key, value in
+        (("workers", args.workers), ("engine", args.engine), ("ray_address", args.ray_address))
+        if value is not None
+    }
+    if ingest:
+        values["ingest"] = ingest
     return values
 
 
@@ -80,6 +96,10 @@ def run(settings: Settings, docs_dir: Path, rebuild: bool = False, show_progress
     from rag.runtime import Runtime
 
     files = find_pdfs(docs_dir)  # fail on a missing or empty folder before loading any model
+    if settings.ingest.engine == "ray":
+        from rag.ingestion.ray_engine import import_ray
+
+        import_ray()  # the install hint before an index folder is created
     with Runtime(settings).start_ingest() as runtime:
         with tqdm(total=len(files), unit="file", desc="ingest", disable=not show_progress, file=sys.stderr) as bar:
             return runtime.documents.sync_folder(docs_dir, rebuild=rebuild, progress=bar.update)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.indexing.embedding import SentenceTransformerEmbedder
-from rag.ingestion.ingestor import Ingestor
+from rag.ingestion.ingestor import Ingestor, upload_dir
 from rag.models import resolve_embedder, select_device
 from rag.settings import Settings
 
@@ -84,6 +84,8 @@ class Runtime:
             self.embedder = self.embedder or build_embedder(self.settings)
             if not self.embedder.loaded:
                 self.embedder.load()
+            # before answering from a foreign index
+            self.index.check_embedder(self.settings.models.embedder, self.embedder.dim)
             self._build_documents()
             self.retriever = HybridRetriever(self.index, self.embedder, self.settings.retrieval).load()
             if with_generator:
@@ -129,6 +131,8 @@ class Runtime:
                     derived.retriever = self.retriever
             else:
                 derived._open_index(create=True)
+                # the dimension only when known (an ingest runtime loads its embedder on first need)
+                derived.index.check_embedder(settings.models.embedder, derived.embedder.dim or None)
             derived._build_documents()
             if derived.retriever is None and self.retriever is not None:
                 derived.retriever = HybridRetriever(derived.index, derived.embedder, settings.retrieval).load()
@@ -165,8 +169,8 @@ class Runtime:
         from rag.ingestion.documents import DocumentService
 
         self.ingestor = build_ingestor(self.settings, self.embedder)
-        upload_dir = self.settings.api.upload_dir or Path(self.settings.index.path) / "uploads"
-        self.documents = DocumentService(self.index, self.ingestor, upload_dir, self.settings.api.max_upload_mb)
+        uploads = upload_dir(self.settings, Path(self.settings.index.path))
+        self.documents = DocumentService(self.index, self.ingestor, uploads, self.settings.api.max_upload_mb)
 
     def _load_generator(self) -> None:
         from rag.answering.generation import TransformersGenerator

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.deps import get_answers, get_documents
-from rag.answering.batching import GenerationTimeout, Overloaded
+from rag.answering.batching import BatchingGenerator, GenerationTimeout, Overloaded
+from rag.answering.service import AnswerService
 
 # squad2-dev questions (gold answer, gold page, document), checked against the PDF. This one clears the relevance
 # gate (cosine 0.699 >= retrieval.min_relevance 0.60).
@@ -249,16 +250,20 @@ ON_TOPIC = "What religion were the Normans?"  # clears the relevance gate, so it
 
 
 @contextmanager
-def parked_generator_client(runtime, queue_size: int, request_timeout_s: float = 60.0) -> Iterator[TestClient]:
-    """A client whose answer service runs on a batcher of its own (``runtime.derive`` with other batching
-    limits, swapped in through ``dependency_overrides``) that already holds one parked job: its worker waits a
-    minute to fill a batch of ``queue_size + 1``, so nothing is generated while the test runs."""
-    parked_runtime = runtime.derive({"generation": {
+def parked_generator_client(
+    runtime, queue_size: int, request_timeout_s: float = 60.0, row_seconds: float = 2.0,
+) -> Iterator[TestClient]:
+    """A client whose answer service runs on a BatchingGenerator of its own (other batching limits, swapped in
+    through ``dependency_overrides``) that already holds one parked job: its worker waits a minute to fill a
+    batch of ``queue_size + 1``, so nothing is generated while the test runs. ``row_seconds`` is the batcher's
+    cost estimate per batch row (admission control), before anything is measured: the one thing
+    ``runtime.derive`` cannot set, so the batcher and its answer service are built here."""
+    settings = runtime.settings.with_overrides({"generation": {
         "queue_size": queue_size, "max_batch_size": queue_size + 1, "batch_wait_ms": 60_000,
         "request_timeout_s": request_timeout_s,
     }})
-    batcher = parked_runtime.batcher
-    assert batcher is not runtime.batcher
+    batcher = BatchingGenerator(runtime.llm, settings.generation, initial_row_seconds=row_seconds).start()
+    answers = AnswerService(runtime.retriever, runtime.llm, batcher, settings, runtime.calibrator)
     parked: list[BaseException] = []
 
     def park() -> None:
@@ -274,12 +279,12 @@ def parked_generator_client(runtime, queue_size: int, request_timeout_s: float =
         assert time.monotonic() < deadline, "the parked job never reached the queue"
         time.sleep(0.01)
     app = create_app(runtime.settings, runtime=runtime)
-    app.dependency_overrides[get_answers] = lambda: parked_runtime.answers
+    app.dependency_overrides[get_answers] = lambda: answers
     try:
         with TestClient(app) as client:
             yield client
     finally:
-        parked_runtime.close()  # stops its own batcher only
+        batcher.stop()  # its own batcher only
         thread.join(timeout=5)
     assert batcher.batches_run == 0 and len(parked) == 1 and isinstance(parked[0], Overloaded)
     assert runtime.batcher.running
@@ -305,9 +310,22 @@ def test_full_generator_queue_is_503_with_retry_after(runtime):
             assert response.json()["detail"]
 
 
+def test_request_that_cannot_start_within_its_time_limit_is_503_at_once(runtime):
+    # One parked job ahead, estimated at 2 s a row: a request with 1.5 s in all cannot start in time.
+    with parked_generator_client(runtime, queue_size=len(OVERLOAD_REQUESTS) + 1, request_timeout_s=1.5) as client:
+        for path, body in OVERLOAD_REQUESTS:
+            started = time.monotonic()
+            response = client.post(path, json=body)
+            assert time.monotonic() - started < 10, "refused at once, not queued"
+            assert response.status_code == 503, (path, body, response.text)  # not a 504 after 1.5 s of waiting
+            assert int(response.headers["retry-after"]) >= 1 and "busy" in response.json()["detail"]
+
+
 def test_request_that_waits_past_its_time_limit_is_504(runtime):
-    # Room for every request: a timed-out job keeps its place in the waiting list until the worker reaches it.
-    with parked_generator_client(runtime, queue_size=len(OVERLOAD_REQUESTS) + 1, request_timeout_s=0.5) as client:
+    # An estimate far too low (as before anything is measured) admits requests that then wait too long.
+    with parked_generator_client(
+        runtime, queue_size=len(OVERLOAD_REQUESTS) + 1, request_timeout_s=0.5, row_seconds=0.01,
+    ) as client:
         for path, body in OVERLOAD_REQUESTS:
             started = time.monotonic()
             response = client.post(path, json=body)

@@ -42,6 +42,7 @@ class FakeGenerator:
         prompts: list[str],
         max_new_tokens: list[int] | int,
         on_token: list[Callable[[str], None] | None] | None = None,
+        stop: list[Callable[[], bool] | None] | None = None,
     ) -> list[GenerationResult]:
         self.batch_sizes.append(len(prompts))
         time.sleep(self.delay_s)
@@ -134,9 +135,53 @@ def test_worker_error_reaches_every_job_of_the_batch_and_worker_survives() -> No
         batcher.stop()
 
 
+def test_request_that_cannot_start_in_time_is_refused_at_once() -> None:
+    fake = FakeGenerator(delay_s=0.6)
+    batcher = BatchingGenerator(fake, GenerationSettings(batch_wait_ms=0, max_batch_size=1), initial_row_seconds=0.01)
+    batcher.start()
+    try:
+        busy = threading.Thread(target=batcher.submit_sync, args=("busy", 4))
+        busy.start()
+        time.sleep(0.3)  # the running batch already took 30 times its estimate: the estimate is raised live
+        # What the answer service asks before its evidence step: the same verdict as submitting, nothing queued.
+        with pytest.raises(Overloaded, match="busy"):
+            batcher.check_admission(timeout_s=0.25)
+        batcher.check_admission(timeout_s=5)
+        assert batcher.waiting == 0
+        started = time.monotonic()
+        with pytest.raises(Overloaded, match="busy") as info:
+            batcher.submit_sync("late", 4, timeout_s=0.25)
+        assert time.monotonic() - started < 0.1 and info.value.retry_after_s >= 1.0
+        assert batcher.submit_sync("patient", 8, timeout_s=5).text == "PATIENT"  # room within its budget
+        busy.join()
+        assert fake.batch_sizes == [1, 1]  # "late" never reached the generator
+    finally:
+        batcher.stop()
+
+
+def test_a_measured_slow_batch_makes_later_requests_503_then_service_resumes() -> None:
+    fake = FakeGenerator(delay_s=0.4)
+    batcher = BatchingGenerator(fake, GenerationSettings(batch_wait_ms=0, max_batch_size=1), initial_row_seconds=0.01)
+    batcher.start()
+    try:
+        assert batcher.submit_sync("first", 8).text == "FIRST"  # measured: the estimate moves toward 0.4 s per row
+        assert batcher._row_seconds > 0.1
+        busy = threading.Thread(target=batcher.submit_sync, args=("busy", 8))
+        busy.start()
+        time.sleep(0.05)
+        with pytest.raises(Overloaded):
+            batcher.submit_sync("queued", 8, timeout_s=0.15)  # the rest of the batch and its own row: over 0.15 s
+        busy.join()
+        assert batcher.submit_sync("idle", 8, timeout_s=1.0).text == "IDLE"  # after the burst: served normally
+    finally:
+        batcher.stop()
+
+
 def test_job_past_its_deadline_is_dropped_before_it_runs() -> None:
     fake = FakeGenerator(delay_s=0.3)
-    batcher = _batcher(fake, batch_wait_ms=0, max_batch_size=1)
+    # An estimate far too low (as before anything is measured) admits a job that then waits past its deadline.
+    batcher = BatchingGenerator(fake, GenerationSettings(batch_wait_ms=0, max_batch_size=1), initial_row_seconds=0.01)
+    batcher.start()
     try:
         busy = threading.Thread(target=batcher.submit_sync, args=("busy", 4))
         busy.start()
@@ -412,3 +457,56 @@ def test_token_logprobs_and_probe_match_a_direct_forward_pass(model_path: str) -
     assert batch[0].text == single.text
     assert batch[0].token_logprobs == pytest.approx(single.token_logprobs, abs=1e-3)
     assert batch[1].probe_probability > single.probe_probability  # asked to say NOT, it is likelier to
+
+
+LONG = "Count from 1 to 400, one number per line, and nothing else."
+
+
+@pytest.mark.e2e
+def test_abandoned_and_timed_out_rows_stop_at_the_next_decode_step(generator: TransformersGenerator) -> None:
+    """A stream the caller leaves, and a request past its time limit, stop generating (not 256 tokens on)."""
+    batcher = _real_batcher(generator, batch_wait_ms=0, max_batch_size=1)
+    prompt = _chat(generator, LONG)
+
+    async def leave_after_three_deltas() -> None:
+        seen = 0
+        async for _ in batcher.stream(prompt, 256):
+            seen += 1
+            if seen == 3:
+                break
+
+    try:
+        started = time.monotonic()
+        _run(leave_after_three_deltas())
+        while batcher.batches_run < 1:
+            assert time.monotonic() - started < 60, "the abandoned batch kept generating"
+            time.sleep(0.05)
+        first = time.monotonic() - started
+        assert batcher.rows_stopped == 1
+
+        started = time.monotonic()
+        with pytest.raises(GenerationTimeout):
+            batcher.submit_sync(prompt, 256, timeout_s=first + 1.0)
+        while batcher.batches_run < 2:
+            time.sleep(0.05)
+        assert batcher.rows_stopped == 2
+        # The batch ended about when the request gave up, far sooner than 256 tokens take on this machine.
+        assert time.monotonic() - started < first + 1.0 + 5.0
+        async def cancel_while_generating() -> None:  # what the API's guard does when a client disconnects
+            task = asyncio.ensure_future(batcher.submit(prompt, 256))
+            while batcher._in_progress is None:
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        started = time.monotonic()
+        _run(cancel_while_generating())
+        while batcher.batches_run < 3:
+            assert time.monotonic() - started < first + 5.0, "the cancelled request kept generating"
+            time.sleep(0.05)
+        assert batcher.rows_stopped == 3
+        probe = generator.generate_batch([prompt], 24)[0]
+        assert probe.finish_reason == "length"  # the prompt really does ask for a long answer
+    finally:
+        batcher.stop()

@@ -124,6 +124,95 @@ def test_sigkill_between_faiss_swap_and_commit(corpus, tmp_path, embedder):
     assert fingerprint(index_dir) == reference
 
 
+# A child that dies right after its first commit, before deleting the superseded FAISS file.
+DIE_BEFORE_SWEEP = """
+import os, signal, sys
+import rag.indexing.index
+rag.indexing.index.DocumentIndex._sweep = lambda self, keep: os.kill(os.getpid(), signal.SIGKILL)
+from ingest.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_between_commit_and_cleanup_leaves_no_stale_file_once_opened(corpus, tmp_path):
+    index_dir = tmp_path / "index"
+    child = start_child(corpus, index_dir, DIE_BEFORE_SWEEP)
+    child.wait(timeout=240)
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()
+    assert len(list(index_dir.glob("vectors-*.faiss"))) == 2  # the committed file and the superseded one
+    fingerprint(index_dir)  # opening (to read, no write) sweeps the superseded file
+    assert sorted(p.name for p in index_dir.glob("vectors-*")) == [f"vectors-{generation(index_dir)}.faiss"]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids that still run (zombies count as gone)."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+def kill_pool_ingest(docs: Path, index_dir: Path, env: dict[str, str], delay_s: float) -> tuple[int, set[int]]:
+    """Start rag-ingest with two parse workers, SIGKILL it ``delay_s`` s after its workers exist; returns
+    (its exit status, the processes it had started)."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ingest.cli", str(docs), "--index", str(index_dir), "-q", "--workers", "2"],
+        cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    while len(descendants(child.pid)) < 2:  # the two workers (and the resource tracker) are up
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.monotonic() < deadline, "the parse workers never started"
+        time.sleep(0.05)
+    time.sleep(delay_s)
+    started = descendants(child.pid)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    return child.returncode, started
+
+
+def wait_gone(pids: set[int], timeout_s: float = 10.0) -> set[int]:
+    """The pids still alive after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive(pids)
+
+
+def test_parse_workers_exit_with_a_killed_ingest(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("2022 Q3 INTC.pdf", "2023 Q3 INTC.pdf"):  # over 4 MiB together: the parallel pool is used
+        shutil.copy(eval_set("sec10q-dev") / "docs" / name, docs / name)
+    status, started = kill_pool_ingest(docs, tmp_path / "index", {"RAG_INGEST__PAGES_PER_TASK": "16"}, 2.0)
+    assert status == -signal.SIGKILL
+    assert len(started) >= 2
+    assert not wait_gone(started), "parse workers or the resource tracker outlived the killed ingest"
+
+
 def test_missing_faiss_file_is_rebuilt_from_store(corpus, tmp_path):
     index_dir = tmp_path / "index"
     shutil.copytree(corpus / "reference", index_dir)

@@ -2,8 +2,15 @@
 
 Callers (asyncio handlers, or plain threads through ``submit_sync``) put jobs into a bounded waiting list and
 get a future back. The worker takes the oldest job, waits up to ``batch_wait_ms`` (counted from that job's
-arrival) for up to ``max_batch_size`` jobs, and runs them as ONE ``generate_batch`` call. A full waiting list
-answers at once with ``Overloaded`` (the API's 503 + Retry-After) instead of letting callers pile up.
+arrival) for up to ``max_batch_size`` jobs, and runs them as ONE ``generate_batch`` call.
+
+Admission control: a job is refused at once with ``Overloaded`` (the API's 503 + Retry-After) when the waiting
+list is full, or when the work ahead of it (what is left of the running batch, then every job waiting) would
+not let it start before its deadline. The estimate comes from measured batches: seconds per row of a batch
+(generation on a CPU costs about linearly in rows; on a GPU this overestimates, erring toward refusing), raised
+live while a batch runs longer than expected. A job whose caller gave up (deadline passed, client gone, task
+cancelled) leaves the waiting list, and its row of a running batch stops at the next decode step; a batch
+whose rows have all stopped ends there, so the worker is free again for the next question.
 
 Futures are ``concurrent.futures.Future``: the worker resolves them from its thread, and
 ``asyncio.wrap_future`` hands the result to the caller's event loop through ``loop.call_soon_threadsafe``.
@@ -28,7 +35,10 @@ from rag.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
-_EWMA_WEIGHT = 0.3  # weight of the newest batch in the running estimate of batch duration
+_EWMA_WEIGHT = 0.3  # weight of the newest batch in the running estimate of seconds per batch row
+# Seconds per row of a batch until one has been measured: a guess between a GPU (far less) and this project's
+# 2-core CPU (about 1-8 s per row for a 128-token answer), corrected by the first batch while it runs.
+INITIAL_ROW_SECONDS = 2.0
 _DONE = object()  # end-of-stream marker put on a stream's queue once its job has a result
 
 
@@ -57,16 +67,25 @@ class _Job:
     max_new_tokens: int = 0
     on_token: TokenCallback | None = None
     call: Callable[[], Any] | None = None  # set for a job that is not a generation
+    abandoned: bool = False  # the caller gave up (timed out, cancelled, disconnected): stop working for it
+
+    def unwanted(self, now: float | None = None) -> bool:
+        """Whether nobody waits for this job's result any more."""
+        return self.abandoned or self.future.done() or (now or time.monotonic()) > self.deadline
 
 
 class BatchingGenerator:
     """Merges concurrent requests into batched ``generate_batch`` calls on one worker thread.
 
+    ``initial_row_seconds`` is the cost of one row of a batch assumed for admission until a batch is measured.
+
     ``start()`` before submitting; ``stop()`` at shutdown fails whatever still waits. Exceptions raised by the
     generator reach every caller of that batch; the worker keeps serving.
     """
 
-    def __init__(self, generator: Generator, settings: GenerationSettings):
+    def __init__(
+        self, generator: Generator, settings: GenerationSettings, initial_row_seconds: float = INITIAL_ROW_SECONDS,
+    ):
         for name in ("generate_batch", "yes_probability"):
             if not callable(getattr(generator, name, None)):
                 raise TypeError(f"generator must have a {name}() method, got {type(generator).__name__}")
@@ -76,8 +95,12 @@ class BatchingGenerator:
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
-        self._batch_seconds = 1.0  # running estimate of one batch's duration, for Retry-After
+        if not initial_row_seconds > 0:
+            raise ValueError(f"initial_row_seconds must be > 0, got {initial_row_seconds!r}")
+        self._row_seconds = float(initial_row_seconds)  # seconds per row of a batch: measured (EWMA) once one ran
+        self._in_progress: tuple[float, int] | None = None  # (monotonic start, rows) of the batch being generated
         self.batches_run = 0
+        self.rows_stopped = 0  # rows of running batches stopped early because their caller was gone
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -101,7 +124,7 @@ class BatchingGenerator:
             self._waiting.clear()
             self._cond.notify_all()
         for job in abandoned:
-            _fail(job, Overloaded(self._batch_seconds, "the generator is shutting down; retry on another replica"))
+            _fail(job, Overloaded(self._row_seconds, "the generator is shutting down; retry on another replica"))
         if self._thread is not None:
             self._thread.join(timeout_s)
             if not self._thread.is_alive():
@@ -133,8 +156,8 @@ class BatchingGenerator:
         ``loop.call_soon_threadsafe`` (as ``stream`` does), never touch the loop from it directly.
         """
         timeout = self._timeout(timeout_s)
-        future = self._enqueue(self._generation_job(prompt, max_new_tokens, on_token, timeout))
-        return await _await_future(future, timeout)
+        job = self._generation_job(prompt, max_new_tokens, on_token, timeout)
+        return await _await_job(self._enqueue(job), job, timeout)
 
     def submit_sync(
         self,
@@ -145,15 +168,20 @@ class BatchingGenerator:
     ) -> GenerationResult:
         """``submit`` for threads without an event loop (evals, scripts); blocks until done."""
         timeout = self._timeout(timeout_s)
-        future = self._enqueue(self._generation_job(prompt, max_new_tokens, on_token, timeout))
-        return _wait_future(future, timeout)
+        job = self._generation_job(prompt, max_new_tokens, on_token, timeout)
+        future = self._enqueue(job)
+        try:
+            return _wait_future(future, timeout)
+        finally:
+            job.abandoned = True  # a no-op once the job is done; else its row stops at the next step
 
     async def stream(
         self, prompt: str, max_new_tokens: int, timeout_s: float | None = None
     ) -> AsyncIterator[str | GenerationResult]:
         """Yield text deltas as they are generated, then the final GenerationResult.
 
-        Breaking out of the loop early leaves the job to finish in the background (its deltas are dropped).
+        Breaking out of the loop early (or the caller's task being cancelled) abandons the job: it leaves the
+        waiting list, or its row stops at the next decode step.
         """
         timeout = self._timeout(timeout_s)
         loop = asyncio.get_running_loop()
@@ -164,7 +192,8 @@ class BatchingGenerator:
             if listening:
                 loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        future = self._enqueue(self._generation_job(prompt, max_new_tokens, on_token, timeout))
+        job = self._generation_job(prompt, max_new_tokens, on_token, timeout)
+        future = self._enqueue(job)
         # Deltas and this marker are scheduled from the same worker thread, so the marker arrives last.
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
         deadline = time.monotonic() + timeout
@@ -174,13 +203,14 @@ class BatchingGenerator:
             yield future.result()
         finally:
             listening = False
+            job.abandoned = True
             future.cancel()  # only succeeds when the job has not started
 
     async def yes_probability(self, prompts: list[str], timeout_s: float | None = None) -> list[float]:
         """``generator.yes_probability`` run on the worker thread, between batches, under the same limits."""
         timeout = self._timeout(timeout_s)
         job = _Job(deadline=time.monotonic() + timeout, call=lambda: self.generator.yes_probability(list(prompts)))
-        return await _await_future(self._enqueue(job), timeout)
+        return await _await_job(self._enqueue(job), job, timeout)
 
     def _generation_job(
         self, prompt: str, max_new_tokens: int, on_token: TokenCallback | None, timeout: float
@@ -203,34 +233,95 @@ class BatchingGenerator:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         return timeout
 
+    def check_admission(self, timeout_s: float | None = None) -> None:
+        """Raise Overloaded now when a job submitted now, with ``timeout_s`` in all, would be refused: callers
+        that do costly work before submitting (the answer service's evidence scoring) refuse before it."""
+        timeout = self._timeout(timeout_s)
+        with self._cond:
+            if not self._running:
+                raise RuntimeError("BatchingGenerator.start() must be called before submitting")
+            now = time.monotonic()
+            self._drop_unwanted(now)
+            self._refuse_if_full(now, now + timeout)
+
     def _enqueue(self, job: _Job) -> concurrent.futures.Future:
         """Add a job to the waiting list, or raise Overloaded at once; never blocks."""
         with self._cond:
             if not self._running:
                 raise RuntimeError("BatchingGenerator.start() must be called before submitting")
-            if len(self._waiting) >= self.settings.queue_size:
-                raise Overloaded(self._retry_after())
+            now = time.monotonic()
+            self._drop_unwanted(now)
+            self._refuse_if_full(now, job.deadline)
             self._waiting.append(job)
             self._cond.notify()
         return job.future
 
-    def _retry_after(self) -> float:
-        """Seconds until the waiting list has likely drained by a batch: the batches ahead times their duration."""
-        batches_ahead = math.ceil(len(self._waiting) / self.settings.max_batch_size)
-        return max(1.0, round(batches_ahead * self._batch_seconds, 1))
+    def _refuse_if_full(self, now: float, deadline: float) -> None:
+        """Overloaded when the waiting list is full, or when the work ahead would not let a job with
+        ``deadline`` start in time (call with the lock held)."""
+        if len(self._waiting) >= self.settings.queue_size:
+            raise Overloaded(self._retry_after(now), "the generator is busy (waiting list full)")
+        wait = self._wait_ahead(now)
+        # Admit while idle whatever the estimate says, so that a bad estimate can always be measured again.
+        busy = self._waiting or self._in_progress is not None
+        if busy and now + wait + self._current_row_seconds(now) > deadline:
+            raise Overloaded(
+                self._retry_after(now),
+                f"the generator is busy: about {wait:.0f} s of work is ahead, and this request may take "
+                f"{deadline - now:.0f} s in all",
+            )
+
+    def _drop_unwanted(self, now: float) -> None:
+        """Remove waiting jobs whose caller is gone; each is settled (GenerationTimeout) if it is not yet."""
+        if not any(job.unwanted(now) for job in self._waiting):
+            return
+        kept: deque[_Job] = deque()
+        for job in self._waiting:
+            if job.unwanted(now):
+                _fail(job, GenerationTimeout("the request was abandoned or passed its time limit while waiting"))
+            else:
+                kept.append(job)
+        self._waiting = kept
+
+    def _current_row_seconds(self, now: float) -> float:
+        """Seconds per batch row: the measured estimate, raised when the running batch already took longer."""
+        if self._in_progress is None:
+            return self._row_seconds
+        started, rows = self._in_progress
+        return max(self._row_seconds, (now - started) / rows)
+
+    def _wait_ahead(self, now: float) -> float:
+        """Estimated seconds before a job submitted now could start: the rest of the running batch, then a row
+        per waiting generation and per waiting call."""
+        per_row = self._current_row_seconds(now)
+        left = 0.0
+        if self._in_progress is not None:
+            started, rows = self._in_progress
+            left = max(0.0, per_row * rows - (now - started))
+        return left + per_row * len(self._waiting)
+
+    def _retry_after(self, now: float) -> float:
+        """Seconds until the work ahead has likely drained, from the measured batch time."""
+        return max(1.0, round(self._wait_ahead(now), 1))
+
+    def _record_batch(self, rows: int, elapsed: float, cut_short: bool) -> None:
+        """Update seconds per row from a finished batch. A batch cut short (rows stopped early) only ever raises
+        the estimate: its time says little about a full one."""
+        measured = elapsed / max(1, rows)
+        if cut_short:
+            self._row_seconds = max(self._row_seconds, measured)
+        else:
+            self._row_seconds += _EWMA_WEIGHT * (measured - self._row_seconds)
 
     # ------------------------------------------------------------------ worker
 
     def _work(self) -> None:
         """Worker loop: take work, run it, repeat until stopped."""
         while (work := self._next_work()) is not None:
-            started = time.monotonic()
             if isinstance(work, _Job):
                 self._run_call(work)
             else:
                 self._run_batch(work)
-            elapsed = time.monotonic() - started
-            self._batch_seconds += _EWMA_WEIGHT * (elapsed - self._batch_seconds)
             self.batches_run += 1
 
     def _next_work(self) -> list[_Job] | _Job | None:
@@ -269,11 +360,24 @@ class BatchingGenerator:
         live = [job for job in jobs if _start(job)]
         if not live:
             return
+        stopped: set[int] = set()
+
+        def stop_row(row: int) -> Callable[[], bool]:
+            def stop() -> bool:  # called by the generator once per decode step
+                if row not in stopped and live[row].unwanted():
+                    stopped.add(row)
+                return row in stopped
+            return stop
+
+        started = time.monotonic()
+        with self._cond:
+            self._in_progress = (started, len(live))
         try:
             results = self.generator.generate_batch(
                 [job.prompt for job in live],
                 [job.max_new_tokens for job in live],
                 [job.on_token for job in live],
+                stop=[stop_row(row) for row in range(len(live))],
             )
             if len(results) != len(live):
                 raise RuntimeError(f"generate_batch returned {len(results)} results for {len(live)} prompts")
@@ -282,8 +386,16 @@ class BatchingGenerator:
             for job in live:
                 _fail(job, exc)
             return
-        for job, result in zip(live, results, strict=True):
-            job.future.set_result(result)
+        finally:
+            with self._cond:
+                self._in_progress = None
+                self._record_batch(len(live), time.monotonic() - started, cut_short=bool(stopped))
+        self.rows_stopped += len(stopped)
+        for row, (job, result) in enumerate(zip(live, results, strict=True)):
+            if row in stopped:
+                _fail(job, GenerationTimeout("the request passed its time limit or was abandoned while generating"))
+            elif not job.future.done():
+                job.future.set_result(result)
 
     def _run_call(self, job: _Job) -> None:
         if not _start(job):
@@ -300,6 +412,9 @@ def _start(job: _Job) -> bool:
     """Mark a job running; False (and the job is settled) when it was cancelled or its deadline passed."""
     if not job.future.set_running_or_notify_cancel():
         return False
+    if job.abandoned:
+        job.future.set_exception(GenerationTimeout("the request was abandoned before it started"))
+        return False
     late_by = time.monotonic() - job.deadline
     if late_by > 0:
         job.future.set_exception(GenerationTimeout(f"the request waited past its time limit (by {late_by:.1f} s)"))
@@ -315,12 +430,15 @@ def _fail(job: _Job, exc: BaseException) -> None:
             pass
 
 
-async def _await_future(future: concurrent.futures.Future, timeout: float) -> Any:
-    """Await a worker future from asyncio; GenerationTimeout after ``timeout`` seconds."""
+async def _await_job(future: concurrent.futures.Future, job: _Job, timeout: float) -> Any:
+    """Await a worker future from asyncio; GenerationTimeout after ``timeout`` seconds. However the wait ends
+    (result, timeout, the caller's task cancelled because its client went away), the job is then abandoned."""
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
     except TimeoutError as exc:
         raise GenerationTimeout(f"no result within {timeout:g} s (generation.request_timeout_s)") from exc
+    finally:
+        job.abandoned = True
 
 
 def _wait_future(future: concurrent.futures.Future, timeout: float) -> Any:

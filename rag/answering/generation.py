@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from transformers.generation.logits_process import LogitsProcessor
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from rag.errors import ModelUnavailable
@@ -24,6 +25,7 @@ from rag.settings import GenerationSettings
 log = logging.getLogger(__name__)
 
 TokenCallback = Callable[[str], None]
+StopCheck = Callable[[], bool]  # asked once per decode step: True stops that row (its caller is gone)
 FinishReason = Literal["stop", "length"]
 
 # Qwen's chat template closes every turn with this token; generation stops on it as well as on EOS.
@@ -61,6 +63,7 @@ class Generator(Protocol):
         prompts: list[str],
         max_new_tokens: list[int] | int,
         on_token: list[TokenCallback | None] | None = None,
+        stop: list[StopCheck | None] | None = None,
     ) -> list[GenerationResult]: ...
 
     def yes_probability(self, prompts: list[str]) -> list[float]: ...
@@ -146,15 +149,19 @@ class TransformersGenerator:
         prompts: list[str],
         max_new_tokens: list[int] | int,
         on_token: list[TokenCallback | None] | None = None,
+        stop: list[StopCheck | None] | None = None,
     ) -> list[GenerationResult]:
         """Greedy completions of already-rendered ``prompts`` in ONE ``model.generate`` call.
 
         ``max_new_tokens`` is one budget for all or one per prompt; each row is cut to its own budget.
         ``on_token[i]``, when given, receives row i's text deltas as they are decoded; their concatenation
         equals ``result[i].text``. A callback that raises is logged and dropped; the batch goes on.
+        ``stop[i]``, when given, is asked after every decode step; once it returns True row i generates no
+        more (its result is whatever it had), and the call returns as soon as every row has stopped.
         """
         budgets = _per_row_budgets(max_new_tokens, len(prompts))
         callbacks = _per_row_callbacks(on_token, len(prompts))
+        stops = _per_row_callbacks(stop, len(prompts))
         if not prompts:
             return []
         import torch
@@ -168,11 +175,15 @@ class TransformersGenerator:
             if any(cb is not None for cb in callbacks):
                 streamer = BatchTextStreamer(tokenizer, callbacks, budgets, self._stop_ids)
             recorder = StepRecorder(self._probe_ids)
+            criteria = None
+            if any(check is not None for check in stops):
+                criteria = StoppingCriteriaList([_RowStops(stops)])
             sequences = model.generate(
                 **inputs,
                 generation_config=self._generation_config(max(budgets)),
                 streamer=streamer,
                 logits_processor=[recorder],
+                stopping_criteria=criteria,
             )  # (B, T + N), N <= max(budgets)
             self.generate_calls += 1
             logprobs, probe = recorder.finish(sequences[:, prompt_len:])  # (B, N), (B,)
@@ -367,6 +378,21 @@ class BatchTextStreamer(BaseStreamer):
         except Exception:  # one client going away must not break the other rows of the batch
             log.exception("on_token callback for row %d failed; dropping it", row)
             self._callbacks[row] = None
+
+
+class _RowStops(StoppingCriteria):
+    """A transformers stopping criterion from per-row checks: returns (B,) bools, True for rows to stop.
+
+    ``generate`` pads a stopped row from then on and ends the loop once every row has stopped."""
+
+    def __init__(self, checks: Sequence[StopCheck | None]):
+        self.checks = list(checks)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        flags = [bool(check()) if check is not None else False for check in self.checks]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)  # (B,)
 
 
 def _cut_row(row: list[int], budget: int, stop_ids: Sequence[int]) -> tuple[list[int], FinishReason]:

@@ -80,6 +80,9 @@ class AnswerService:
             yield _abstain("no passage is relevant enough to the question", passages, Evidence((), ()), relevance,
                            timings)
             return
+        # Admission control before the costly evidence scoring: a request the generator would refuse (503) is
+        # refused now, not after seconds of embedding sentences on a CPU that the work ahead needs.
+        self.batcher.check_admission(gen.request_timeout_s)
         evidence_started = time.perf_counter()
         evidence = await asyncio.to_thread(self._evidence, question, passages)
         timings["evidence_s"] = time.perf_counter() - evidence_started

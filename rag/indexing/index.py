@@ -86,6 +86,7 @@ class DocumentIndex:
             raise IndexMissing(f"no index at {path}: run `rag-ingest DOCS_DIR --index {path}` first")
         index = cls(path, settings, ChunkStore(store_path).open())
         index._load_vectors()
+        index._sweep_superseded()
         return index
 
     def close(self) -> None:
@@ -104,6 +105,25 @@ class DocumentIndex:
                 f"the index at {self.path} was built with {stored.to_json()}, not {profile.to_json()}: "
                 "rerun rag-ingest with --rebuild, or point --index at a new folder"
             )
+
+    def check_embedder(self, embedder: str, dim: int | None = None) -> None:
+        """Refuse to search with another embedder than the one the index was built with (its vectors would
+        be compared with query vectors of another space, or another size). An empty index takes any."""
+        stored = self.profile
+        if stored is None or self.store.count_chunks() == 0:
+            return
+        if stored.embedder != embedder or (dim is not None and stored.dim != dim):
+            raise IndexIncompatible(
+                f"the index at {self.path} was built with embedder {stored.embedder!r} ({stored.dim} dimensions), "
+                f"but the configured embedder is {embedder!r}{f' ({dim} dimensions)' if dim else ''}: set "
+                f"RAG_MODELS__EMBEDDER={stored.embedder}, or rebuild it with rag-ingest --rebuild"
+            )
+
+    def is_empty(self) -> bool:
+        """Whether there is nothing to search (cheap while vectors are loaded: the store is asked only then)."""
+        if self.vectors is not None and self.vectors.ntotal > 0:
+            return False
+        return self.store.count_chunks() == 0
 
     def _load_vectors(self) -> None:
         """Load the current FAISS file, rebuilding it from the store if missing or out of step."""
@@ -218,6 +238,14 @@ class DocumentIndex:
         self.vectors.remove(removed)
         if new_ids:
             self.vectors.add(np.asarray(new_ids, dtype=np.int64), np.concatenate(new_vectors))
+
+    def _sweep_superseded(self) -> None:
+        """Delete FAISS files of generations before the committed one (a kill between a commit and its clean-up
+        leaves one). Safe without the write lock: a writer only ever creates the generation after the current."""
+        for stale in self.path.glob("vectors-*.faiss*"):
+            number = stale.name.removeprefix("vectors-").split(".", 1)[0]
+            if number.isdigit() and int(number) < self.generation:
+                stale.unlink(missing_ok=True)
 
     def _sweep(self, keep: str) -> None:
         """Delete FAISS files no generation refers to (left by this change or by a killed run)."""

@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS chunks (
     embedding BLOB NOT NULL                 -- float32 (dim,)
 );
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
+CREATE TABLE IF NOT EXISTS failures (   -- folder files the last ingest could not use, so an unchanged one is
+    path TEXT PRIMARY KEY,              -- reported again without being parsed again
+    content_hash TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 
@@ -152,6 +157,19 @@ class ChunkStore:
             )
             ids.append(cur.lastrowid)
         return ids
+
+    def failures(self) -> dict[str, tuple[str, str]]:
+        """Files that failed on the last ingest: path -> (content hash, reason)."""
+        with self._lock:
+            rows = self.db.execute("SELECT path, content_hash, reason FROM failures").fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def replace_failures(self, failures: list[tuple[str, str, str]]) -> None:
+        """Record (path, content hash, reason) as the failures of the last ingest, in a transaction of its own
+        (losing it only means parsing those files once more)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM failures")
+            self.db.executemany("INSERT OR REPLACE INTO failures(path, content_hash, reason) VALUES (?, ?, ?)", failures)
 
     # -- chunks ---------------------------------------------------------------------------------------
     _CHUNK_COLUMNS = (

@@ -24,11 +24,10 @@ from typing import BinaryIO
 from rag.errors import RagError
 from rag.indexing.index import DocumentIndex
 from rag.indexing.store import DocumentRecord
-from rag.ingestion.ingestor import Ingestor
+from rag.ingestion.ingestor import UPLOAD_PREFIX, Ingestor
 from rag.types import IngestReport
 
 MB = 1024 * 1024
-UPLOAD_PREFIX = "uploads/"  # stored names of uploads, apart from the folder rag-ingest syncs
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._\- ]+")
 
 

@@ -9,6 +9,9 @@ page boundaries, so chunking stays per document and does not depend on how the p
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -43,7 +46,7 @@ def parse_files(
     if workers <= 1 or not files:
         chunker = Chunker(tokenizer_path, settings.chunking).load()
         for name, path in files:
-            yield guarded(name, lambda: _chunked(chunker, name, path, parse_pdf(path, settings.ingest)))
+            yield guarded(name, lambda: chunk_parsed(chunker, name, path, parse_pdf(path, settings.ingest)))
         return
     # Largest files first, so that their ranges are queued early and no big file finishes last.
     ordered = sorted(files, key=lambda f: f[1].stat().st_size, reverse=True)
@@ -117,10 +120,22 @@ class _Scheduler:
 _worker_state: dict = {}
 
 
+PARENT_POLL_SECONDS = 0.5
+
+
 def _worker_init(tokenizer_path: str, settings: Settings) -> None:
+    # A SIGKILLed ingest cannot shut its pool down, and a worker blocked on its task queue would wait forever
+    # (keeping the resource tracker alive too): each worker leaves as soon as its parent is gone.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     _worker_state["chunker"] = Chunker(tokenizer_path, settings.chunking).load()
     _worker_state["settings"] = settings
     _worker_state["open"] = LastOpenPdf(settings.ingest)  # the ranges of a file are queued together
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _worker_first(name: str, path: Path, pages_per_task: int) -> ParsedFile | PageRange | FileFailure:
@@ -133,7 +148,7 @@ def _worker_first(name: str, path: Path, pages_per_task: int) -> ParsedFile | Pa
             return pdf.read(0, pages_per_task)
         part = pdf.read()
         document = assemble_document(path, part.content_hash, [part], settings.ingest)
-        return _chunked(_worker_state["chunker"], name, path, document)
+        return chunk_parsed(_worker_state["chunker"], name, path, document)
 
     return guarded(name, first)
 
@@ -145,13 +160,15 @@ def _worker_range(name: str, path: Path, start: int, stop: int) -> PageRange | F
 def _worker_chunk(name: str, path: Path, content_hash: str, parts: list[PageRange]) -> ParsedFile | FileFailure:
     settings: Settings = _worker_state["settings"]
     return guarded(
-        name, lambda: _chunked(_worker_state["chunker"], name, path,
+        name, lambda: chunk_parsed(_worker_state["chunker"], name, path,
                                assemble_document(path, content_hash, parts, settings.ingest)),
     )
 
 
 # -- shared ------------------------------------------------------------------------------------------------
-def _chunked(chunker: Chunker, name: str, path: Path, document) -> ParsedFile:
+def chunk_parsed(chunker: Chunker, name: str, path: Path, document) -> ParsedFile:
+    """Chunk a parsed document into the ParsedFile stored under ``name``; PdfError when no text is left
+    (shared by every engine, so that a file is refused for the same reason wherever it is parsed)."""
     chunks = chunker.chunk(document, name)
     if not chunks:
         raise PdfError("no text to index after extraction")

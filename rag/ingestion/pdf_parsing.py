@@ -14,11 +14,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pypdf
 from pypdf import PasswordType, PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError
+from pypdf.generic import ArrayObject, IndirectObject, NullObject
 
 from rag.errors import PdfError
 from rag.settings import IngestSettings
@@ -36,6 +37,9 @@ _NOISY_LOGGERS = ("pypdf", "fontTools")
 T = TypeVar("T")
 
 NO_TEXT_LAYER = "no text layer (image-only or scanned PDF; OCR is not supported)"
+# Below this many extracted characters a file is never refused for its text-to-bytes ratio (a short text PDF
+# with heavy compression is fine); above it, ingest.max_chars_per_byte applies.
+TEXT_RATIO_FLOOR_CHARS = 200_000
 
 
 def sha256_file(path: Path, chunk_size: int = _MB) -> str:
@@ -68,6 +72,8 @@ class OpenPdf:
     def __init__(self, path: Path, settings: IngestSettings):
         self.path = Path(path)
         data = _read_checked(self.path, settings)
+        self.settings = settings
+        self.size_bytes = len(data)
         self.content_hash = hashlib.sha256(data).hexdigest()
         with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
             self._reader = _open_reader(data)
@@ -82,6 +88,8 @@ class OpenPdf:
         stop = self.page_count if stop is None else min(stop, self.page_count)
         with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
             texts, failures = _extract_pages(self._reader, range(start, stop))
+        # A range over the cap means the whole file is: refuse before joining, chunking and embedding it.
+        check_text_size(sum(len(text) for text in texts), self.size_bytes, self.settings)
         return PageRange(
             start=start, texts=tuple(normalize_text(text) for text in texts), failures=tuple(failures),
             page_count=self.page_count, content_hash=self.content_hash,
@@ -135,11 +143,23 @@ def assemble_document(path: Path, content_hash: str, parts: list[PageRange], set
             "%s: text extraction failed on %d of %d pages, kept as empty (first: page %d: %s)",
             path, len(failures), count, number, error,
         )
+    check_text_size(sum(len(text) for text in texts), Path(path).stat().st_size, settings)
     pages = tuple(Page(number, text) for number, text in enumerate(texts, start=1))
     visible = sum(len(re.sub(r"\s+", "", page.text)) for page in pages)
     if visible == 0 or visible / len(pages) < settings.min_chars_per_page:
         raise PdfError(NO_TEXT_LAYER)
     return ParsedDocument(path=Path(path), content_hash=content_hash, pages=pages)
+
+
+def check_text_size(chars: int, size_bytes: int, settings: IngestSettings) -> None:
+    """PdfError for a text bomb: far more text than a file of ``size_bytes`` holds (a few KiB of compressed,
+    repeated content streams can expand to millions of characters and minutes of embedding)."""
+    limit = max(TEXT_RATIO_FLOOR_CHARS, settings.max_chars_per_byte * size_bytes)
+    if chars > limit:
+        raise PdfError(
+            f"too much text for the file size: {chars:,} characters from {size_bytes:,} bytes, above "
+            f"ingest.max_chars_per_byte ({settings.max_chars_per_byte:g} per byte; real PDFs stay below 1)"
+        )
 
 
 def guarded(name: str, work: Callable[[], T]) -> T | FileFailure:
@@ -205,11 +225,32 @@ def _extract_pages(reader: PdfReader, indices: range) -> tuple[list[str], list[t
     failures: list[tuple[int, str]] = []
     for index in indices:
         try:
-            texts.append(reader.pages[index].extract_text() or "")
+            page = reader.pages[index]
+            missing = _missing_contents(page)
+            if missing:
+                raise PdfError(f"page content stream missing ({missing} not found in the file)")
+            texts.append(page.extract_text() or "")
         except Exception as error:  # noqa: BLE001 - a broken page must not lose the rest of the document
             texts.append("")
             failures.append((index + 1, f"{type(error).__name__}: {error}"))
     return texts, failures
+
+
+def _missing_contents(page: Any) -> str | None:
+    """The reference of a content stream the page points at but the file lacks (pypdf, not strict, would
+    read it as an empty page and the file would pass for image-only), or None."""
+    if "/Contents" not in page:
+        return None
+    raw = page.raw_get("/Contents")  # unresolved: an IndirectObject, or an array of them
+    refs = [raw]
+    if isinstance(raw, IndirectObject) and isinstance(raw.get_object(), ArrayObject):
+        refs = list(raw.get_object())
+    elif isinstance(raw, ArrayObject):
+        refs = list(raw)
+    for ref in refs:
+        if isinstance(ref, IndirectObject) and isinstance(ref.get_object(), (NullObject, type(None))):
+            return f"object {ref.idnum} {ref.generation} R"
+    return None
 
 
 @contextmanager

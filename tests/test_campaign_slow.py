@@ -1,0 +1,110 @@
+"""The long parts of the fault-and-abuse campaign (``-m slow``): schemathesis over the OpenAPI document with a
+bounded number of examples, and SIGKILLs of a pooled ingest at random moments, commits included.
+Bursts of concurrent questions are a benchmark: ``python -m bench.burst`` (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from api.app import create_app
+from rag.indexing.index import DocumentIndex
+from tests.conftest import REPO, eval_set, ingest, make_settings
+from tests.test_api_hardening import served
+from tests.test_ingest_kill import alive, descendants, fingerprint, generation, wait_gone
+
+pytestmark = pytest.mark.slow
+
+SCHEMATHESIS_EXAMPLES = int(os.environ.get("RAG_CAMPAIGN_EXAMPLES", "25"))  # per operation
+KILLS = int(os.environ.get("RAG_CAMPAIGN_KILLS", "20"))
+
+
+def chunk_count(index_dir: Path) -> int:
+    index = DocumentIndex.open(index_dir, make_settings(index_dir).index)
+    try:
+        return index.store.count_chunks()
+    finally:
+        index.close()
+
+
+def test_schemathesis_finds_no_server_error_and_no_conformance_failure(runtime, tmp_path):
+    """Every check schemathesis has (positive and negative data), a bounded number of examples per operation.
+    Generation is capped at 4 tokens so that the accepted questions answer in seconds on a CPU."""
+    pytest.importorskip("schemathesis", reason="pip install -e '.[campaign]'")
+    index_dir = tmp_path / "index"  # uploads land in a copy, not in the session's index
+    shutil.copytree(runtime.settings.index.path, index_dir)
+    rt = runtime.derive({
+        "index": {"path": index_dir},
+        "generation": {"max_new_tokens": 4, "max_new_tokens_short": 4, "max_new_tokens_limit": 4},
+    })
+    settings = rt.settings
+    try:
+        with served(create_app(settings, runtime=rt)) as port:
+            run = subprocess.run(
+                [sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{port}/openapi.json",
+                 "--checks", "all", "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--seed", "11",
+                 "--request-timeout", "180", "--workers", "1", "--suppress-health-check", "all"],
+                cwd=tmp_path, capture_output=True, text=True, timeout=3000,
+            )
+    finally:
+        rt.close()  # its own index and batcher only
+    (tmp_path / "schemathesis.txt").write_text(run.stdout + run.stderr, encoding="utf-8")
+    assert run.returncode == 0, f"see {tmp_path / 'schemathesis.txt'}\n" + run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_random_kills_of_a_pooled_ingest_lose_nothing_and_leave_no_process(tmp_path, embedder):
+    """KILLS SIGKILLs at random moments (parsing, embedding, right after commits: checkpoint every batch),
+    each followed by a check that the index loads, holds no foreign or duplicate chunk, and that no worker or
+    resource tracker outlives the ingest; a final rerun converges on the uninterrupted result."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    # Over 4 MiB in all (the parallel pool is used) plus small articles (several commits).
+    shutil.copy(eval_set("sec10q-dev") / "docs" / "2023 Q1 AAPL.pdf", docs / "aapl.pdf")
+    shutil.copy(eval_set("sec10q-dev") / "docs" / "2022 Q3 INTC.pdf", docs / "intc.pdf")
+    for name in ("Normans.pdf", "Steam_engine.pdf", "Packet_switching.pdf", "Harvard_University.pdf"):
+        shutil.copy(eval_set("squad2-dev") / "docs" / name, docs / name)
+    ingest(make_settings(tmp_path / "reference"), docs, embedder)
+    reference = fingerprint(tmp_path / "reference")
+
+    env = {"RAG_INGEST__CHECKPOINT_SECONDS": "0", "RAG_INGEST__EMBED_BATCH_SIZE": "8",
+           "RAG_INGEST__PAGES_PER_TASK": "16", "RAG_INGEST__WORKERS": "2"}
+    index_dir = tmp_path / "index"
+    rng = random.Random(7)
+    orphans, after_commit = [], 0
+    for kill in range(KILLS):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ingest.cli", str(docs), "--index", str(index_dir), "-q"],
+            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        start_generation = generation(index_dir)
+        delay = rng.uniform(0.5, 25.0)
+        deadline = time.monotonic() + delay
+        seen: set[int] = set()
+        while time.monotonic() < deadline and child.poll() is None:
+            seen |= descendants(child.pid)
+            time.sleep(0.05)
+        if child.poll() is not None:
+            assert child.returncode in (0, 1), child.stderr.read().decode()
+            break  # the ingest finished before this kill: the rest converge below
+        seen |= descendants(child.pid)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        after_commit += generation(index_dir) > start_generation
+        orphans += sorted(wait_gone(seen))
+        if (index_dir / "store.sqlite").exists():
+            held = fingerprint(index_dir)  # loads, FAISS agrees with the store, search works
+            assert held <= reference, f"kill {kill}: chunks that the uninterrupted ingest does not have"
+            assert chunk_count(index_dir) == len(held), f"kill {kill}: duplicated chunks"
+    assert not orphans, f"processes outlived their killed ingest: {orphans}"
+    assert after_commit >= 1, "no kill landed after a commit"
+    ingest(make_settings(index_dir), docs, embedder)
+    assert fingerprint(index_dir) == reference and chunk_count(index_dir) == len(reference)  # 0 lost, 0 duplicated
+    assert not alive(orphans)
