@@ -54,3 +54,21 @@ def test_derive_validates_the_overrides(runtime):
         runtime.derive({"retrieval": {"topk": 3}})
     with pytest.raises(ValueError, match="shares the models"):
         runtime.derive({"models": {"generator": "other"}})
+
+
+def test_derive_refuses_an_index_built_with_another_embedder(small_index, embedder, tmp_path):
+    """A derived runtime shares the loaded embedder, so another index must have been built with it."""
+    import json
+    import sqlite3
+
+    from rag.indexing.index import STORE_FILE, IndexIncompatible
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(small_index.index.path, foreign)
+    with sqlite3.connect(foreign / STORE_FILE) as db:
+        profile = json.loads(db.execute("SELECT value FROM meta WHERE key = 'profile'").fetchone()[0])
+        profile["embedder"] = "some/other-embedder"
+        db.execute("UPDATE meta SET value = ? WHERE key = 'profile'", (json.dumps(profile, sort_keys=True),))
+    with Runtime(small_index, embedder=embedder).start(with_generator=False) as base:
+        with pytest.raises(IndexIncompatible, match="some/other-embedder"):
+            base.derive({"index": {"path": foreign}})
