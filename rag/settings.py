@@ -247,6 +247,8 @@ class Settings(BaseSettings):
             )
         if self.generation.max_new_tokens > self.generation.max_new_tokens_limit:
             raise ValueError("generation.max_new_tokens must not exceed generation.max_new_tokens_limit")
+        if self.generation.max_new_tokens_short > self.generation.max_new_tokens_limit:
+            raise ValueError("generation.max_new_tokens_short must not exceed generation.max_new_tokens_limit")
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":

@@ -72,3 +72,17 @@ def test_derive_refuses_an_index_built_with_another_embedder(small_index, embedd
     with Runtime(small_index, embedder=embedder).start(with_generator=False) as base:
         with pytest.raises(IndexIncompatible, match="some/other-embedder"):
             base.derive({"index": {"path": foreign}})
+
+
+def test_settings_refuse_a_short_answer_budget_above_the_request_limit():
+    import pytest
+    from pydantic import ValidationError
+
+    from rag.settings import Settings
+
+    with pytest.raises(ValidationError, match="max_new_tokens_short must not exceed"):
+        Settings().with_overrides({"generation": {"max_new_tokens_short": 32, "max_new_tokens_limit": 16,
+                                                  "max_new_tokens": 8}})
+    ok = Settings().with_overrides({"generation": {"max_new_tokens_short": 4, "max_new_tokens_limit": 4,
+                                                   "max_new_tokens": 4}})
+    assert ok.generation.max_new_tokens_limit == 4
