@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rag.answering.prompting import (
-    AnswerStream, answer_text, build_messages, cited_numbers, fit_passages, is_abstention,
+    AnswerStream, answer_text, cited_numbers, is_abstention,
 )
 from rag.types import Chunk, Passage
 from rag.answering.verification import lexical_support
@@ -19,21 +19,6 @@ def passage(text: str, page: int = 1, cid: int = 1) -> Passage:
 
 P1 = passage("The Normans were led by William the Conqueror at the Battle of Hastings in 1066.", 4, 1)
 P2 = passage("Steam engines use steam pressure to drive a piston.", 9, 2)
-
-
-def test_messages_number_the_passages_and_allow_abstaining():
-    system, user = build_messages("Who led the Normans?", [P1, P2])
-    assert "NOT IN DOCUMENTS" in system["content"] and "only the numbered passages" in system["content"]
-    assert user["content"].index("[1] The Normans") < user["content"].index("[2] Steam")
-    assert user["content"].endswith("Question: Who led the Normans?")
-
-
-def test_fit_passages_keeps_best_first_within_budget():
-    words = lambda text: len(text.split())  # noqa: E731 - a stand-in token counter
-    long = passage("word " * 400, cid=3)
-    kept = fit_passages("q", [P1, long, P2], words, budget=200)
-    assert kept == [P1]  # the long one does not fit, and nothing after it is taken out of order
-    assert fit_passages("q", [long], words, budget=10) == [long]  # the best passage is always kept
 
 
 @pytest.mark.parametrize("raw,expected", [

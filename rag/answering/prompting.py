@@ -1,27 +1,16 @@
-"""The grounded prompt: numbered passages, [n] citations, an explicit way to say the documents don't answer."""
+"""The grounded prompt: numbered quotes, [n] citations, an answer form that follows the question, and an
+explicit way to say the documents don't answer."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
-
-from rag.types import Passage
 
 if TYPE_CHECKING:
     from rag.answering.evidence import Quote
 
 ABSTAIN_TEXT = "The documents do not contain the answer."
-
-# Measured on Qwen2.5-Coder-0.5B: asking for "answer, then [n]" at the end of the system prompt made it
-# reply with a bare "[1]"; this answer/source format gives real answers. Citations it omits are attributed
-# from the passages afterwards (rag.answering.verification.attribute).
-SYSTEM = (
-    "Answer the question using only the numbered passages, never your own knowledge. Reply in this format:\n"
-    "Answer: <a few words or one sentence, copied from the passages where possible>\n"
-    "Source: [<passage number>]\n"
-    "If the passages do not contain the answer, reply: Answer: NOT IN DOCUMENTS"
-)
 
 # Evidence-first prompts: a few numbered quotes instead of whole passages. The reply is prefilled with
 # "Answer:", so the first generated token is the answer's or the marker's: its probability of being the
@@ -149,28 +138,6 @@ _ABSTAIN = re.compile(
     re.IGNORECASE,
 )
 _CITATION = re.compile(r"\[(\d{1,2})\]")
-
-
-def build_messages(question: str, passages: list[Passage]) -> list[dict[str, str]]:
-    """Chat messages for the generator: system rules, then the numbered passages and the question."""
-    blocks = [f"[{i}] {p.chunk.text}" for i, p in enumerate(passages, start=1)]
-    user = "\n\n".join(blocks) + f"\n\nQuestion: {question}"
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
-
-
-def fit_passages(
-    question: str, passages: list[Passage], count_tokens: Callable[[str], int], budget: int
-) -> list[Passage]:
-    """The longest prefix of ``passages`` (best first) whose prompt stays within ``budget`` tokens."""
-    kept: list[Passage] = []
-    used = count_tokens(SYSTEM) + count_tokens(question) + 32  # 32: chat template and labels
-    for passage in passages:
-        cost = count_tokens(passage.chunk.text) + 12
-        if kept and used + cost > budget:
-            break
-        kept.append(passage)
-        used += cost
-    return kept
 
 
 def is_abstention(text: str) -> bool:

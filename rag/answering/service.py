@@ -129,17 +129,17 @@ class AnswerService:
         values = features(question, form, passages, evidence, generated, used)
         confidence = None if self.calibrator is None else self.calibrator.confidence(values)
         support = lexical_support_text(text, " ".join(q.text for q in used), question) if used else 0.0
-        common = dict(relevance=relevance, support=support, confidence=confidence, form=form, features=values)
+        scores = dict(support=support, confidence=confidence, form=form, features=values)
         if declined:
             return _abstain("the generator found no answer in the quotes", passages, evidence, relevance, timings,
-                            **{k: v for k, v in common.items() if k != "relevance"})
+                            **scores)
         if not used:
             return _abstain("the answer is not in the quoted evidence", passages, evidence, relevance, timings,
-                            draft=text, **{k: v for k, v in common.items() if k != "relevance"})
+                            draft=text, **scores)
         if confidence is not None and confidence < self.min_confidence:
             return _abstain(
                 f"confidence {confidence:.2f} is below {self.min_confidence:.2f}", passages, evidence, relevance,
-                timings, draft=text, **{k: v for k, v in common.items() if k != "relevance"},
+                timings, draft=text, **scores,
             )
         final = present(question, form, text, used)
         if form == "long":
@@ -148,7 +148,7 @@ class AnswerService:
             used = used + [q for q in quotes if q not in used]
         return Answer(
             text=final, abstained=False, citations=tuple(quote_citation(q, final) for q in used), timings=timings,
-            quotes=tuple(used), **common,
+            quotes=tuple(used), relevance=relevance, **scores,
         )
 
 
