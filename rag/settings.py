@@ -153,6 +153,11 @@ class RetrievalSettings(BaseModel):
         "and '2023 Q2 AMZN.pdf'): gold-filing MRR on sec10q-dev 0.477 -> 0.631, squad2-dev 0.871 -> 0.866, clapnq-dev "
         "0.978 -> 0.962 (docs/evaluation.md).",
     )
+    focus: bool = Field(
+        True,
+        description="Hybrid mode also ranks, by dense and BM25 scores, the passages of the documents the question "
+        "points at by name, company or period (rag.answering.focus: 'Intel's latest 10-Q').",
+    )
     min_relevance: float = Field(
         0.20, ge=-1.0, le=1.0,
         description="Relevance floor: abstain without generating when the best passage's cosine similarity to the "

@@ -1,5 +1,6 @@
-"""Finding passages for a question: dense (FAISS) and lexical (BM25) rankings, and the candidates whose
-document's name the question names, fused by reciprocal rank."""
+"""Finding passages for a question: dense (FAISS) and lexical (BM25) rankings, the candidates whose document's
+name the question names, and both rankings again within the documents the question points at
+(rag.answering.focus), fused by reciprocal rank."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 
 import numpy as np
 
+from rag.answering.focus import DocumentFocus
 from rag.answering.titles import TitleIndex
 from rag.indexing.embedding import Embedder
 from rag.indexing.index import DocumentIndex
@@ -26,8 +28,9 @@ class LexicalIndex:
             tokens = bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False)
             self._bm25.index(tokens, show_progress=False)
 
-    def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """(chunk id, BM25 score) of up to k chunks sharing a term with the query, best first."""
+    def search(self, query: str, k: int, within: set[int] | None = None) -> list[tuple[int, float]]:
+        """(chunk id, BM25 score) of up to k chunks sharing a term with the query, best first; only chunks
+        whose id is in ``within`` when it is given."""
         import bm25s
 
         if len(self._ids) == 0:
@@ -35,7 +38,15 @@ class LexicalIndex:
         terms = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
         if not terms or not terms[0]:
             return []
-        docs, scores = self._bm25.retrieve(terms, k=min(k, len(self._ids)), show_progress=False, n_threads=1)
+        mask = None
+        if within is not None:
+            mask = np.isin(self._ids, np.fromiter(within, dtype=np.int64)).astype(np.float32)
+            k = min(k, int(mask.sum()))
+            if k == 0:
+                return []
+        docs, scores = self._bm25.retrieve(
+            terms, k=min(k, len(self._ids)), show_progress=False, n_threads=1, weight_mask=mask,
+        )
         return [(int(self._ids[d]), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
 
 
@@ -57,6 +68,8 @@ class HybridRetriever:
         self.settings = settings
         self._lexical: LexicalIndex | None = None
         self._titles: TitleIndex | None = None
+        self._focus: DocumentFocus | None = None
+        self._chunks_of: dict[str, list[int]] = {}
         self._lexical_generation = -1
         self._lock = threading.Lock()
 
@@ -68,8 +81,11 @@ class HybridRetriever:
         with self._lock:
             self.index.refresh_if_stale()
             if self._lexical is None or self._lexical_generation != self.index.generation:
-                self._lexical = LexicalIndex(self.index.store.all_chunks())
+                chunks = self.index.store.all_chunks()
+                self._lexical = LexicalIndex(chunks)
                 self._titles = TitleIndex(self.index.store.documents())
+                self._chunks_of, first_pages = _by_document(chunks)
+                self._focus = DocumentFocus(first_pages)
                 self._lexical_generation = self.index.generation
             return self._lexical
 
@@ -93,6 +109,8 @@ class HybridRetriever:
                 candidates = list(dict.fromkeys(rankings[0] + rankings[1]))
                 documents = {cid: c.document for cid, c in self.index.store.chunks_by_ids(candidates).items()}
                 rankings.append(self._titles.rank(question, documents))
+            if self.settings.focus and self._focus is not None:
+                rankings += self._focus_rankings(question, query, lexical, n)
             fused = reciprocal_rank_fusion(rankings, self.settings.rrf_k)
             ranked = sorted(fused.items(), key=lambda item: item[1], reverse=True)
         ranked = ranked[:top_k]
@@ -105,9 +123,40 @@ class HybridRetriever:
             for cid, score in ranked if cid in chunks
         ]
 
+    def _focus_rankings(self, question: str, query: np.ndarray, lexical: LexicalIndex, n: int) -> list[list[int]]:
+        """The dense and BM25 rankings restricted to the documents the question points at, fused into one
+        (none: no ranking)."""
+        documents = self._focus.resolve(question) if self._focus is not None else ()
+        ids = [cid for doc in documents for cid in self._chunks_of.get(doc, ())]
+        if not ids:
+            return []
+        vectors = self.index.store.vectors_by_ids(ids, query.shape[0])
+        known = [cid for cid in ids if cid in vectors]
+        if not known:
+            return []
+        cosine = np.stack([vectors[cid] for cid in known]) @ query  # (len(known),)
+        dense = [known[i] for i in np.argsort(-cosine)[:n]]
+        sparse = [cid for cid, _ in lexical.search(question, n, within=set(known))]
+        # One ranking, not two: a question that names the wrong document by accident ("nervous system" in
+        # a question about myelin) then only nudges the fusion, while a filing named outright still wins it.
+        fused = reciprocal_rank_fusion([dense, sparse], self.settings.rrf_k)
+        return [sorted(fused, key=lambda cid: fused[cid], reverse=True)]
+
     def _cosine(self, query: np.ndarray, ids: list[int], known: dict[int, float]) -> dict[int, float]:
         """Cosine similarity of each id to the query: from FAISS when it ranked the id, else from the store."""
         missing = [cid for cid in ids if cid not in known]
         dim = query.shape[0]
         found = {cid: float(vec @ query) for cid, vec in self.index.store.vectors_by_ids(missing, dim).items()}
         return {**{cid: known[cid] for cid in ids if cid in known}, **found}
+
+
+def _by_document(chunks: list[Chunk]) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Chunk ids per document, and each document's first-page text (its page-1 chunks in reading order)."""
+    ids: dict[str, list[int]] = {}
+    first: dict[str, list[Chunk]] = {}
+    for c in chunks:
+        ids.setdefault(c.document, []).append(int(c.id))
+        if c.page_start == 1:
+            first.setdefault(c.document, []).append(c)
+    pages = {doc: " ".join(c.text for c in sorted(cs, key=lambda c: c.position)) for doc, cs in first.items()}
+    return ids, {doc: pages.get(doc, "") for doc in ids}

@@ -1,0 +1,84 @@
+"""Which documents a question names (rag.answering.focus), on the real cover pages of the sec10q-dev filings, and
+the retriever's focus ranking on a real index of four of them."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pypdf
+import pytest
+from pypdf import PdfReader, PdfWriter
+
+from rag.answering.focus import DocumentFocus, asks_latest, latest_date
+from rag.answering.retrieval import HybridRetriever
+from rag.ingestion.pdf_parsing import ARRAY_LIMIT
+from tests.conftest import eval_set, ingest, make_settings
+
+PAGES = 8
+FILINGS = ["2022 Q3 NVDA.pdf", "2023 Q2 AMZN.pdf", "2023 Q3 AMZN.pdf", "2023 Q2 INTC.pdf", "2023 Q3 INTC.pdf",
+           "2023 Q1 AAPL.pdf", "2023 Q3 NVDA.pdf", "2023 Q2 MSFT.pdf"]
+
+
+@pytest.fixture(scope="module")
+def covers() -> dict[str, str]:
+    docs = eval_set("sec10q-dev") / "docs"
+    with pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):  # as ingestion reads them
+        return {name: PdfReader(docs / name).pages[0].extract_text() for name in FILINGS}
+
+
+def test_the_company_named_in_words_points_at_its_filing_and_the_period_picks_one(covers) -> None:
+    focus = DocumentFocus(covers)
+    # "Amazon" is on the cover ("AMAZON.COM, INC."), not in the file name; "Q2 2023" is in the file name.
+    assert focus.resolve("In Amazon's Q2 2023 10-Q, what were net sales?") == ("2023 Q2 AMZN.pdf",)
+    assert focus.resolve("What did NVIDIA report as gaming revenue in its Q3 2023 10-Q?") == ("2023 Q3 NVDA.pdf",)
+    assert focus.resolve("What did Microsoft report as cloud revenue?") == ("2023 Q2 MSFT.pdf",)
+    # Every Intel filing matches "Intel" alike: the question points at both.
+    assert set(focus.resolve("What was Intel's gross margin?")) == {"2023 Q2 INTC.pdf", "2023 Q3 INTC.pdf"}
+
+
+def test_latest_picks_the_newest_filing_by_its_cover_date(covers) -> None:
+    focus = DocumentFocus(covers)
+    assert focus.resolve("What was Intel's gross margin in the latest 10-Q?") == ("2023 Q3 INTC.pdf",)
+    assert focus.resolve("Amazon's most recent quarterly net sales?") == ("2023 Q3 AMZN.pdf",)
+    # the cover's latest date: "outstanding as of July 21, 2023", after "period ended June 30, 2023"
+    assert latest_date(covers["2023 Q2 AMZN.pdf"]) == date(2023, 7, 21)
+    assert asks_latest("in the most recent 10-Q") and not asks_latest("in the Q2 2023 10-Q")
+
+
+def test_questions_naming_nothing_distinctive_point_at_nothing(covers) -> None:
+    focus = DocumentFocus(covers)
+    assert focus.resolve("What is the risk of foreign exchange rates?") == ()  # words every cover shares or none has
+    assert focus.resolve("Who was the duke of Normandy?") == ()
+    # A file-name word alone is not the name: "found" does not name "I Still Haven't Found What I'm Looking For".
+    articles = DocumentFocus({"I_Still_Haven_t_Found_What_I_m_Looking_For.pdf": "", "Nimbostratus_cloud.pdf": "",
+                              "Myelin.pdf": "", "Normans.pdf": ""})
+    assert articles.resolve("where are nimbostratus clouds found in the sky") == ("Nimbostratus_cloud.pdf",)
+    assert articles.resolve("where are nimbus clouds found in the sky") == ()
+
+
+@pytest.mark.models
+def test_focus_brings_the_named_filing_into_the_top_passages(tmp_path, embedder) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("2023 Q2 AMZN.pdf", "2023 Q2 INTC.pdf", "2023 Q2 MSFT.pdf"):  # the first pages of each, for speed
+        with pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
+            reader, writer = PdfReader(eval_set("sec10q-dev") / "docs" / name), PdfWriter()
+            for page in reader.pages[:PAGES]:
+                writer.add_page(page)
+            writer.write(docs / name)
+    settings = make_settings(tmp_path / "index")
+    ingest(settings, docs, embedder)
+    from rag.indexing.index import DocumentIndex
+
+    index = DocumentIndex.open(settings.index.path, settings.index)
+    # The words favour Intel's filing ("foundry"); the question names Amazon's.
+    question = "In Amazon's 10-Q, what was said about foundry services?"
+    try:
+        with_focus = HybridRetriever(index, embedder, settings.retrieval).load().retrieve(question, 5)
+        plain = settings.retrieval.model_copy(update={"focus": False})
+        without = HybridRetriever(index, embedder, plain).load().retrieve(question, 5)
+    finally:
+        index.close()
+    amazon = lambda passages: sum(p.chunk.document == "2023 Q2 AMZN.pdf" for p in passages)  # noqa: E731
+    assert amazon(with_focus) >= 4
+    assert amazon(without) <= 2
