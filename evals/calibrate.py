@@ -7,8 +7,10 @@
         --out rag/answering/calibrator.json --report docs/calibration.md --plot docs/img/reliability.png
 
 Each argument is a rag-eval report folder (its report.json, or partial/*.ours.jsonl while a run is unfinished).
-The shipped model is fitted on every set given; the figures printed and written come from leave-one-set-out
-runs (fit and threshold on the other sets, scored on the one left out), never from the rows that chose them.
+The shipped model is fitted on every set given. The figures printed and written never come from the rows that
+chose them: leave-one-set-out (fit and threshold on the other sets, scored on the one left out: a kind of set
+never seen) and 5-fold over questions (fit and threshold on the other folds of every set, scored on the fold:
+new questions of the kinds of sets fitted on).
 
 exit codes: 0 ok; 2 usage error (no records, an unreadable report, fewer than two sets)
 """
@@ -26,7 +28,7 @@ from rag.evaluation.dataset import QAItem, load_set
 from rag.evaluation.metrics import Prediction, score_question
 from rag.types import Answer, Citation, Quote
 from rag.evaluation.calibration import (
-    HeldOut, Labeled, calibrator_from_fit, cross_set, outcome, reliability,
+    HeldOut, Labeled, calibrator_from_fit, cross_set, held_out_questions, outcome, reliability,
 )
 
 EXIT_USAGE = 2
@@ -117,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     held = cross_set(rows, names, args.target_hallucination, args.c)
+    folded = held_out_questions(rows, names, args.target_hallucination, args.c)
     command = "python -m evals.calibrate " + " ".join(sys.argv[1:] if argv is None else argv)
-    lines = render(rows, held, names, args.target_hallucination, command)
+    lines = render(rows, held, names, args.target_hallucination, command, folded)
     print("\n".join(lines))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             "cross_set": {h.set_name: {"threshold": h.threshold, "grounded_accuracy": h.outcome.grounded_accuracy,
                                        "interval": list(h.interval), "hallucination_rate": h.outcome.hallucination_rate}
                           for h in held},
+            "held_out_questions": {h.set_name: {"grounded_accuracy": h.outcome.grounded_accuracy,
+                                                "interval": list(h.interval),
+                                                "hallucination_rate": h.outcome.hallucination_rate} for h in folded},
         }
         model = calibrator_from_fit(rows, names, args.target_hallucination, args.c, provenance)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(
-    rows: list[Labeled], held: list[HeldOut], names: list[str], target: float | None, command: str
+    rows: list[Labeled], held: list[HeldOut], names: list[str], target: float | None, command: str,
+    folded: list[HeldOut] | None = None,
 ) -> list[str]:
-    """The Markdown figures: per held-out set, the model against answering everything and the old gate."""
+    """The Markdown figures: per held-out set, the model against answering everything and the best threshold
+    on that set; then the 5-fold figures over questions."""
     lines = [
         f"Cross-set validation (`{command}`): each set scored by a model fitted, and thresholded for the highest "
         f"grounded accuracy{'' if target is None else f' with a hallucination rate <= {target:.2f}'}, on the "
@@ -163,6 +171,18 @@ def render(
             f"[{h.interval[0]:.3f}, {h.interval[1]:.3f}] | {o.hallucination_rate:.3f} | {o.correct_rate:.3f} | "
             f"{o.answered} | {everything.grounded_accuracy:.3f} | {oracle:.3f} |"
         )
+    if folded:
+        lines += [
+            "", "Held-out questions (5 folds per set; fitted and thresholded on the other folds of every set):", "",
+            "| set | n | grounded accuracy [95% CI] | hallucination rate | correct rate (answerable) | answered |",
+            "| --- | ---: | --- | ---: | ---: | ---: |",
+        ]
+        for h in folded:
+            o = h.outcome
+            lines.append(
+                f"| {h.set_name} | {o.n} | **{o.grounded_accuracy:.3f}** [{h.interval[0]:.3f}, {h.interval[1]:.3f}] "
+                f"| {o.hallucination_rate:.3f} | {o.correct_rate:.3f} | {o.answered} |"
+            )
     lines += ["", "Reliability (cross-set confidences pooled): mean confidence, observed share grounded, answers.", "",
               "| bin | mean confidence | grounded | n |", "| --- | ---: | ---: | ---: |"]
     confidence, right = _pooled(rows, held)

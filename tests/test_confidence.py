@@ -12,7 +12,9 @@ import pytest
 from rag.answering.confidence import (
     DEFAULT_CALIBRATOR, Calibrator, answer_in_evidence, coverage, question_names, type_match,
 )
-from rag.evaluation.calibration import Labeled, calibrator_from_fit, choose_threshold, cross_set, outcome, reliability
+from rag.evaluation.calibration import (
+    Labeled, calibrator_from_fit, choose_threshold, cross_set, held_out_questions, outcome, reliability,
+)
 from rag.types import Quote
 
 
@@ -98,6 +100,19 @@ def test_fit_learns_the_informative_feature_and_cross_set_scores_held_out_sets()
         everything = outcome(test, [1.0] * len(test), 0.0)
         assert h.outcome.grounded_accuracy > everything.grounded_accuracy  # abstaining on low confidence pays
         assert h.interval[0] <= h.outcome.grounded_accuracy <= h.interval[1]
+
+
+def test_held_out_questions_scores_every_question_once_with_a_model_that_did_not_see_it() -> None:
+    rows = _synthetic("a", 200, 5) + _synthetic("b", 200, 6, shift=0.3)
+    folded = held_out_questions(rows, ["x", "noise"], folds=5)
+    assert [h.set_name for h in folded] == ["a", "b"]
+    for h in folded:
+        test = [r for r in rows if r.set_name == h.set_name]
+        assert h.outcome.n == len(test) == len(h.confidence)
+        everything = outcome(test, [1.0] * len(test), 0.0)
+        assert h.outcome.grounded_accuracy > everything.grounded_accuracy
+        assert h.interval[0] <= h.outcome.grounded_accuracy <= h.interval[1]
+    assert sum(h.outcome.n for h in folded) == len(rows)
 
 
 def test_choose_threshold_maximises_accuracy_or_meets_the_hallucination_target() -> None:

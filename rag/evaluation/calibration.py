@@ -7,7 +7,10 @@ was answerable. The model predicts P(grounded | answered); the service answers w
 - ``fit``: standardise, then scikit-learn's LogisticRegression; exported as a ``Calibrator`` (plain numbers).
 - ``choose_threshold``: the threshold of highest grounded accuracy on the fitting rows (optionally only among
   those meeting a hallucination-rate target), chosen with the model, never on the rows it is scored on.
-- ``cross_set``: fit on all sets but one, score the one left out; every figure we report comes from here.
+- ``cross_set``: fit on all sets but one, score the one left out: how the model transfers to a kind of
+  question set it has never seen.
+- ``held_out_questions``: k folds of questions within every set; fit on the other folds of all sets, score
+  the fold: how the model does on new questions of the kinds of sets it was fitted on.
 - ``bootstrap_interval``: 95% percentile intervals over questions.
 """
 
@@ -147,6 +150,40 @@ def cross_set(
             test, confidence, lambda rs, cs: outcome(rs, cs, model.threshold).grounded_accuracy, seed=seed
         )
         results.append(HeldOut(held, model.threshold, result, interval, tuple(confidence)))
+    return results
+
+
+def held_out_questions(
+    rows: Sequence[Labeled], names: Sequence[str], target_hallucination: float | None = None, c: float = 1.0,
+    folds: int = 5, seed: int = 0,
+) -> list[HeldOut]:
+    """k-fold over questions, stratified by set: each question scored by a model fitted and thresholded on the
+    other folds of every set. Per set, the outcome of those decisions (``threshold`` is the folds' mean; each
+    question's confidence is shifted by its fold's threshold so 0.5 stands for "answered")."""
+    rng = np.random.default_rng(seed)
+    fold_of: dict[int, int] = {}
+    for set_name in sorted({r.set_name for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r.set_name == set_name]
+        for position, i in enumerate(rng.permutation(idx).tolist()):
+            fold_of[i] = position % folds
+    shifted = [0.0] * len(rows)
+    thresholds = []
+    for fold in range(folds):
+        train = [r for i, r in enumerate(rows) if fold_of[i] != fold]
+        model = calibrator_from_fit(train, names, target_hallucination, c)
+        thresholds.append(model.threshold)
+        for i, r in enumerate(rows):
+            if fold_of[i] == fold:
+                # P(grounded) moved so this fold's threshold sits at 0.5: one cut for every fold's decisions
+                shifted[i] = float(np.clip(model.confidence(r.features) - model.threshold + 0.5, 0.0, 1.0))
+    results = []
+    for set_name in sorted({r.set_name for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r.set_name == set_name]
+        test = [rows[i] for i in idx]
+        confidence = [shifted[i] for i in idx]
+        result = outcome(test, confidence, 0.5)
+        interval = bootstrap_interval(test, confidence, lambda rs, cs: outcome(rs, cs, 0.5).grounded_accuracy, seed=seed)
+        results.append(HeldOut(set_name, float(np.mean(thresholds)), result, interval, tuple(confidence)))
     return results
 
 
