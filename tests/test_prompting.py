@@ -138,4 +138,11 @@ def test_present_gives_the_span_for_questions_and_the_sentence_for_keyword_queri
     query = present("what part of london is the o2 arena in", "short", "Greenwich peninsula", quotes)
     assert query == quotes[0].text  # a keyword query gets the sentence holding the span
     assert present("what part of london is the o2 arena in", "short", query, quotes) == query  # idempotent
-    assert present("Why is it there?", "long", " Because of the river. ", quotes) == "Because of the river."
+    assert present("Why is it there?", "long", " Because of the river. ", quotes) == (
+        "Because of the river. " + quotes[0].text)  # a bare sentence answer is followed by its quote
+    long = "It stands there because the peninsula had space for a large arena near the river."
+    assert present("Why is it there?", "long", long, quotes) == long
+    figure = present("What share of sales was it in Q3 2023?", "long", "11.9%", (
+        Quote("Services were 11.9% of net sales in Q3 2023.", "AAPL.pdf", 4, 4, 9, 0.7),) + quotes)
+    assert figure == "11.9%. Services were 11.9% of net sales in Q3 2023."  # the quote that holds the figure
+    assert present("What share of sales was it in Q3 2023?", "long", figure, quotes) == figure  # idempotent

@@ -62,6 +62,7 @@ def answer_form(question: str) -> AnswerForm:
 
 
 _SHORT_MAX_WORDS = 5
+_BARE_ANSWER_WORDS = 8  # a sentence answer this short is a bare figure or name: the quote that holds it follows
 
 
 def short_span(answer: str, question: str) -> str:
@@ -109,18 +110,32 @@ def present(question: str, form: AnswerForm, answer: str, quotes: Sequence["Quot
     - a written factoid question: the short span (``short_span``);
     - a keyword-style query with a factoid answer: the quoted sentence(s) holding the span, so the reader
       sees the answer in its words (the first quote that contains it, else the first quote);
-    - an explanatory question: the generated sentences as they are.
+    - an explanatory question: the generated sentences as they are; a bare answer of a few words ("11.9%")
+      followed by the quoted sentence that holds it.
     Applying it to its own output gives the same text, so re-scoring a recorded answer is safe.
     """
     if form == "long":
-        return answer.strip()
-    if search_style(question) and quotes:
+        text = answer.strip()
+        if len(text.split()) > _BARE_ANSWER_WORDS or not quotes:
+            return text
+        # "11.9%" to "what share of revenue did Services contribute in Q3 2023?": the figure alone does not say
+        # what it measures or for which period; the quoted sentence holding it does.
         from rag.text import normalize_answer
 
-        needle = normalize_answer(answer)
-        holding = [q for q in quotes if needle and needle in normalize_answer(q.text)]
-        return (holding or list(quotes))[0].text
+        quote = _holding(text, quotes).text
+        return text if normalize_answer(quote) in normalize_answer(text) else f"{text.rstrip('.')}. {quote}"
+    if search_style(question) and quotes:
+        return _holding(answer, quotes).text
     return short_span(answer, question)
+
+
+def _holding(answer: str, quotes: Sequence["Quote"]) -> "Quote":
+    """The first quote that contains the answer (normalised), else the first quote; ``quotes`` is not empty."""
+    from rag.text import normalize_answer
+
+    needle = normalize_answer(answer)
+    holding = [q for q in quotes if needle and needle in normalize_answer(q.text)]
+    return (holding or list(quotes))[0]
 
 
 def build_quote_messages(question: str, quotes: Sequence["Quote"], form: AnswerForm) -> list[dict[str, str]]:
