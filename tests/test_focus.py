@@ -82,3 +82,12 @@ def test_focus_brings_the_named_filing_into_the_top_passages(tmp_path, embedder)
     amazon = lambda passages: sum(p.chunk.document == "2023 Q2 AMZN.pdf" for p in passages)  # noqa: E731
     assert amazon(with_focus) >= 4
     assert amazon(without) <= 2
+
+
+def test_bench_retrieval_parses_variants_and_refuses_unknown_settings(tmp_path, capsys) -> None:
+    from bench.retrieval import main, parse_variant
+
+    assert parse_variant("focus=false,top_k=8,mode=dense") == {"focus": False, "top_k": 8, "mode": "dense"}
+    assert main(["--set", str(eval_set("sec10q-dev")), "--index", str(tmp_path), "--variant", "focs=false"]) == 2
+    assert "unknown retrieval settings: ['focs']" in capsys.readouterr().err
+    assert main(["--set", str(tmp_path / "missing"), "--index", str(tmp_path)]) == 2

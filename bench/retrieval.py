@@ -1,0 +1,130 @@
+"""Retrieval quality on a real question set, with retrieval settings switched one at a time.
+
+    python -m bench.retrieval --set ../shared/eval/sec10q-dev --index .rag-eval/sec10q-dev/index
+    python -m bench.retrieval --set ../shared/eval/squad2-dev --index .rag-eval/squad2-dev/index \\
+        --variant focus=false --variant focus=false,title_match=false
+
+Over the answerable questions of the set (the index must hold the set's docs/, e.g. from a rag-eval run), for
+the default retrieval settings and each ``--variant`` (``field=value`` pairs of ``RetrievalSettings``): recall@1,
+5 and 10 of the gold document and page (the document alone where the set gives no pages), the mean reciprocal
+rank, the share of questions with a gold-document passage in the top 5 and the mean number of gold-document
+passages among the top 5 (how much of the prompt comes from the right document). With the focus on, also how
+many questions point at documents by name (``rag.answering.focus``) and how many of those include the gold
+one. Only the embedder loads; no generation.
+
+exit codes: 0 ok; 2 usage error (a missing set or index, a bad variant)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._common import machine_info, print_header
+
+EXIT_USAGE = 2
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """``"focus=false,top_k=8"`` -> ``{"focus": False, "top_k": 8}`` (JSON-ish scalars)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in filter(None, text.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"expected field=value, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def measure(retriever, items, top: int = 10) -> dict[str, float]:
+    """The figures of one retrieval configuration over ``items`` (answerable QAItems)."""
+    from rag.evaluation.metrics import pages_meet, same_document
+
+    ranks: list[int | None] = []
+    gold_in_top5: list[int] = []
+    pointed = pointed_right = 0
+    focus = getattr(retriever, "_focus", None) if retriever.settings.focus else None
+    for item in items:
+        if focus is not None:
+            named = focus.resolve(item.question)
+            pointed += bool(named)
+            pointed_right += any(same_document(d, item.doc) for d in named)
+        passages = retriever.retrieve(item.question, top)
+        ranks.append(next((k for k, p in enumerate(passages, 1) if same_document(p.chunk.document, item.doc)
+                           and pages_meet(p.chunk.page_start, p.chunk.page_end, item.pages)), None))
+        gold_in_top5.append(sum(same_document(p.chunk.document, item.doc) for p in passages[:5]))
+    recall = lambda k: float(np.mean([r is not None and r <= k for r in ranks]))  # noqa: E731
+    return {
+        "n": len(items), "recall@1": recall(1), "recall@5": recall(5), "recall@10": recall(10),
+        "mrr": float(np.mean([1.0 / r if r else 0.0 for r in ranks])),
+        "gold_doc_in_top5": float(np.mean([g > 0 for g in gold_in_top5])),
+        "gold_doc_passages_of_5": float(np.mean(gold_in_top5)),
+        "pointed": pointed, "pointed_right": pointed_right,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.retrieval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--set", type=Path, required=True, help="an eval set folder (qa.jsonl, docs/)")
+    parser.add_argument("--index", type=Path, required=True, help="an index holding the set's docs/")
+    parser.add_argument("--variant", action="append", default=[], help="retrieval settings to switch, field=value,...")
+    parser.add_argument("--limit", type=int, help="the first N answerable questions only")
+    args = parser.parse_args(argv)
+
+    from rag.answering.retrieval import HybridRetriever
+    from rag.evaluation.dataset import load_set
+    from rag.indexing.index import DocumentIndex
+    from rag.runtime import build_embedder, quiet_libraries
+    from rag.settings import Settings
+
+    quiet_libraries()
+    if not (args.set / "qa.jsonl").exists() or not args.index.is_dir():
+        print(f"bench.retrieval: error: need {args.set}/qa.jsonl and an index folder at {args.index}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        variants = [{}] + [parse_variant(v) for v in args.variant]
+        settings = Settings()
+        # validated, so a typo in a field name or a bad value is a usage error, not a silent no-op
+        configs = [type(settings.retrieval).model_validate({**settings.retrieval.model_dump(), **v}) for v in variants]
+        unknown = {k for v in variants for k in v} - set(type(settings.retrieval).model_fields)
+        if unknown:
+            raise ValueError(f"unknown retrieval settings: {sorted(unknown)}")
+    except ValueError as exc:
+        print(f"bench.retrieval: error: bad --variant: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    items = [i for i in load_set(args.set).items if i.answerable][: args.limit]
+    embedder = build_embedder(settings).load()
+    index = DocumentIndex.open(args.index, settings.index)
+    print_header("retrieval quality", machine_info())
+    print(f"{args.set.name}: {len(items)} answerable questions, index {args.index}")
+    try:
+        for variant, config in zip(variants, configs, strict=True):
+            started = time.perf_counter()
+            figures = measure(HybridRetriever(index, embedder, config).load(), items)
+            label = ",".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
+            pointed = f" pointed {figures['pointed']} (gold among them {figures['pointed_right']})" if config.focus else ""
+            print(
+                f"  {label:32s} r@1 {figures['recall@1']:.3f} r@5 {figures['recall@5']:.3f} "
+                f"r@10 {figures['recall@10']:.3f} MRR {figures['mrr']:.3f} gold doc in top 5 "
+                f"{figures['gold_doc_in_top5']:.3f} gold-doc passages of 5 {figures['gold_doc_passages_of_5']:.2f}"
+                f"{pointed} ({time.perf_counter() - started:.0f} s)"
+            )
+    finally:
+        index.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
