@@ -21,6 +21,7 @@ from starlette.routing import Match
 from api.deps import require_api_key
 from api.guards import RequestGuard
 from api.routes import documents, health, openai_compat, query
+from api.routes.page import REDOC_JS, SWAGGER_CSS, SWAGGER_FAVICON, SWAGGER_JS, add_page
 from api.schemas import ErrorOut
 from rag.answering.batching import GenerationTimeout, Overloaded
 from rag.indexing.index import IndexBusy
@@ -99,6 +100,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         max_body_size=int(settings.api.max_upload_mb * MB) + MULTIPART_OVERHEAD,
     )
     _add_docs(app, settings, guarded)
+    add_page(app)
     app.add_middleware(RequestGuard, body_timeout_s=settings.api.body_timeout_s)
 
     app.add_exception_handler(RequestValidationError, _invalid_request)
@@ -127,11 +129,17 @@ def _add_docs(app: FastAPI, settings: Settings, guarded: list) -> None:
 
     @app.get("/docs", include_in_schema=False, dependencies=guarded)
     def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+        return get_swagger_ui_html(  # scripts and styles from the package (api.routes.page): works offline
+            openapi_url="/openapi.json", title=f"{app.title} - docs",
+            swagger_js_url=SWAGGER_JS, swagger_css_url=SWAGGER_CSS, swagger_favicon_url=SWAGGER_FAVICON,
+        )
 
     @app.get("/redoc", include_in_schema=False, dependencies=guarded)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+        return get_redoc_html(  # no Google Fonts either
+            openapi_url="/openapi.json", title=f"{app.title} - ReDoc", redoc_js_url=REDOC_JS,
+            redoc_favicon_url=SWAGGER_FAVICON, with_google_fonts=False,
+        )
 
 
 def _with_settings_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Annotated
+from urllib.parse import unquote
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,6 +22,11 @@ from rag.runtime import Runtime
 from rag.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the service runs with api.api_key set.")
+# The web page (api/static) keeps the key in this cookie too, so that a plain link (a citation opening the PDF)
+# is authorised. Read for GET/HEAD only: a cookie rides along on requests other sites trigger, so it must not
+# authorise anything that changes state (the page is also SameSite=Strict about it).
+API_KEY_COOKIE = "rag_api_key"
+COOKIE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def get_settings(request: Request) -> Settings:
@@ -65,13 +71,19 @@ DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
 
 
 def require_api_key(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """401 unless ``Authorization: Bearer <api.api_key>`` is sent (no check when no key is configured)."""
+    """401 unless ``Authorization: Bearer <api.api_key>`` is sent (no check when no key is configured).
+
+    A GET or HEAD without an Authorization header may instead carry the key in the ``rag_api_key`` cookie
+    (percent-encoded, as the page sets it); a bearer token, when sent, is the one checked."""
     expected = settings.api.api_key
     if not expected:
         return
     given = credentials.credentials if credentials is not None else ""
+    if credentials is None and request.method in COOKIE_METHODS:
+        given = unquote(request.cookies.get(API_KEY_COOKIE, ""))
     if not secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
