@@ -284,7 +284,7 @@ function showAnswer(body) {
   $("citations").replaceChildren(...body.citations.map((c) => el("li", {},
     pdfLink(c.document, c.pages, "citation"), el("p", { className: "snippet", textContent: c.snippet }),
   )));
-  const seconds = body.timings && body.timings.total;
+  const seconds = body.timings && body.timings.total_s;
   $("status").textContent = seconds ? `Answered in ${seconds.toFixed(1)} s.` : "";
 }
 
