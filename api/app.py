@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -20,10 +21,11 @@ from starlette.routing import Match
 
 from api.deps import require_api_key
 from api.guards import RequestGuard
-from api.routes import documents, health, openai_compat, query
+from api.routes import collections, documents, health, openai_compat, query
 from api.routes.page import REDOC_JS, SWAGGER_CSS, SWAGGER_FAVICON, SWAGGER_JS, add_page
 from api.schemas import ErrorOut
 from rag.answering.batching import GenerationTimeout, Overloaded
+from rag.collections import Collections
 from rag.indexing.index import IndexBusy
 from rag.ingestion.documents import MB
 from rag.runtime import Runtime
@@ -44,6 +46,9 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 GENERATING_RESPONSES: dict[int | str, dict[str, Any]] = {
     **COMMON_RESPONSES,
     504: {"model": ErrorOut, "description": "The answer did not finish within generation.request_timeout_s."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such collection (or document): the detail names what is missing."},
 }
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong 'Authorization: Bearer <api.api_key>'."},
@@ -70,9 +75,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 started.close()
                 raise
             app.state.runtime = started
+        # The served index is the root of the collections; the others open on first use, sharing its models.
+        app.state.collections = Collections(app.state.runtime)
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.collections.close)
+            app.state.collections = None
             if owned:
                 await asyncio.to_thread(app.state.runtime.close)
             app.state.runtime = None
@@ -88,20 +97,31 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.collections = None  # built in the lifespan, over the runtime
 
     guarded = [Depends(require_api_key)]
     auth = UNAUTHORIZED if settings.api.api_key else {}
     app.include_router(health.public)
-    app.include_router(health.router, dependencies=guarded, responses=auth)
-    app.include_router(query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES})
-    app.include_router(openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES})
+    app.include_router(health.router, dependencies=guarded, responses={**auth, **NOT_FOUND})
+    app.include_router(query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND})
     app.include_router(
-        documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES},
+        openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND}
+    )
+    app.include_router(collections.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES})
+    app.include_router(
+        documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES, **NOT_FOUND},
         max_body_size=int(settings.api.max_upload_mb * MB) + MULTIPART_OVERHEAD,
     )
     _add_docs(app, settings, guarded)
     add_page(app)
     app.add_middleware(RequestGuard, body_timeout_s=settings.api.body_timeout_s)
+    if settings.api.cors_origins:
+        # Added last, so outermost: a browser's preflight (OPTIONS) is answered before the key check, which it
+        # cannot pass (browsers send no Authorization header on a preflight).
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["Retry-After"],
+        )
 
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
