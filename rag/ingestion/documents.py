@@ -126,6 +126,8 @@ class DocumentService:
             if record is None or profile is None:
                 raise DocumentNotFound(f"no document {document!r} in the index at {self.index.path}")
             removed, _ = self.index.apply(profile, remove=[document], add=[])
+            # After the commit: a kill in between leaves an unreferenced file (ignored by --rebuild, replaced by
+            # the next upload of that name), never an indexed upload whose file is gone.
             if record.collection == UPLOAD:
                 (self.upload_dir / document.removeprefix(UPLOAD_PREFIX)).unlink(missing_ok=True)
         return removed
