@@ -20,6 +20,7 @@ examples:
   curl -s localhost:8000/v1/query -H 'content-type: application/json' -d '{"question": "Who founded Normandy?"}'
   curl -N localhost:8000/v1/query -H 'content-type: application/json' -d '{"question": "...", "stream": true}'
   OpenAI clients: base_url="http://localhost:8000/v1", model "rag" or a collection's name.
+  Browser: http://localhost:8000/ is a page to ask, follow citations to the PDF page and manage documents.
 
 Settings come from RAG_* environment variables (see README); the options here override them.
 A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set (exit 2). A missing index
