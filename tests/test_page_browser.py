@@ -83,7 +83,10 @@ def visible(driver, css: str, seconds: float = UI_WAIT_S):
 
 
 def document_names(driver) -> list[str]:
-    return [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#documents tbody a.document")]
+    # one script call, not an element per name: the table is rebuilt while we read it (stale elements)
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#documents tbody a.document')].map((a) => a.textContent)"
+    )
 
 
 def ask(driver, question: str) -> None:
