@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -20,9 +21,11 @@ from starlette.routing import Match
 
 from api.deps import require_api_key
 from api.guards import RequestGuard
-from api.routes import documents, health, openai_compat, query
+from api.routes import collections, documents, health, openai_compat, query
+from api.routes.page import REDOC_JS, SWAGGER_CSS, SWAGGER_FAVICON, SWAGGER_JS, add_page
 from api.schemas import ErrorOut
 from rag.answering.batching import GenerationTimeout, Overloaded
+from rag.collections import Collections
 from rag.indexing.index import IndexBusy
 from rag.ingestion.documents import MB
 from rag.runtime import Runtime
@@ -43,6 +46,9 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 GENERATING_RESPONSES: dict[int | str, dict[str, Any]] = {
     **COMMON_RESPONSES,
     504: {"model": ErrorOut, "description": "The answer did not finish within generation.request_timeout_s."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such collection (or document): the detail names what is missing."},
 }
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong 'Authorization: Bearer <api.api_key>'."},
@@ -69,9 +75,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 started.close()
                 raise
             app.state.runtime = started
+        # The served index is the root of the collections; the others open on first use, sharing its models.
+        app.state.collections = Collections(app.state.runtime)
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.collections.close)
+            app.state.collections = None
             if owned:
                 await asyncio.to_thread(app.state.runtime.close)
             app.state.runtime = None
@@ -87,19 +97,31 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.collections = None  # built in the lifespan, over the runtime
 
     guarded = [Depends(require_api_key)]
     auth = UNAUTHORIZED if settings.api.api_key else {}
     app.include_router(health.public)
-    app.include_router(health.router, dependencies=guarded, responses=auth)
-    app.include_router(query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES})
-    app.include_router(openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES})
+    app.include_router(health.router, dependencies=guarded, responses={**auth, **NOT_FOUND})
+    app.include_router(query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND})
     app.include_router(
-        documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES},
+        openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND}
+    )
+    app.include_router(collections.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES})
+    app.include_router(
+        documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES, **NOT_FOUND},
         max_body_size=int(settings.api.max_upload_mb * MB) + MULTIPART_OVERHEAD,
     )
     _add_docs(app, settings, guarded)
+    add_page(app)
     app.add_middleware(RequestGuard, body_timeout_s=settings.api.body_timeout_s)
+    if settings.api.cors_origins:
+        # Added last, so outermost: a browser's preflight (OPTIONS) is answered before the key check, which it
+        # cannot pass (browsers send no Authorization header on a preflight).
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["Retry-After"],
+        )
 
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -127,11 +149,17 @@ def _add_docs(app: FastAPI, settings: Settings, guarded: list) -> None:
 
     @app.get("/docs", include_in_schema=False, dependencies=guarded)
     def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+        return get_swagger_ui_html(  # scripts and styles from the package (api.routes.page): works offline
+            openapi_url="/openapi.json", title=f"{app.title} - docs",
+            swagger_js_url=SWAGGER_JS, swagger_css_url=SWAGGER_CSS, swagger_favicon_url=SWAGGER_FAVICON,
+        )
 
     @app.get("/redoc", include_in_schema=False, dependencies=guarded)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+        return get_redoc_html(  # no Google Fonts either
+            openapi_url="/openapi.json", title=f"{app.title} - ReDoc", redoc_js_url=REDOC_JS,
+            redoc_favicon_url=SWAGGER_FAVICON, with_google_fonts=False,
+        )
 
 
 def _with_settings_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:

