@@ -23,6 +23,7 @@ from api.guards import RequestGuard
 from api.routes import documents, health, openai_compat, query
 from api.schemas import ErrorOut
 from rag.answering.batching import GenerationTimeout, Overloaded
+from rag.answering.openai_generator import GeneratorUnavailable
 from rag.indexing.index import IndexBusy
 from rag.ingestion.documents import MB
 from rag.runtime import Runtime
@@ -42,6 +43,7 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 GENERATING_RESPONSES: dict[int | str, dict[str, Any]] = {
     **COMMON_RESPONSES,
+    502: {"model": ErrorOut, "description": "The external generator server (generation.backend 'openai') failed."},
     504: {"model": ErrorOut, "description": "The answer did not finish within generation.request_timeout_s."},
 }
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -105,6 +107,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(GenerationTimeout, _timed_out)
+    app.add_exception_handler(GeneratorUnavailable, _bad_gateway)
     app.add_exception_handler(IndexBusy, _index_busy)
     app.add_exception_handler(Exception, _unexpected)
     return app
@@ -219,6 +222,10 @@ async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
 
 async def _timed_out(request: Request, exc: GenerationTimeout) -> JSONResponse:
     return _error(request, status.HTTP_504_GATEWAY_TIMEOUT, f"generation timed out: {exc}")
+
+
+async def _bad_gateway(request: Request, exc: GeneratorUnavailable) -> JSONResponse:
+    return _error(request, status.HTTP_502_BAD_GATEWAY, f"the generator failed: {exc}")
 
 
 async def _index_busy(request: Request, exc: IndexBusy) -> JSONResponse:
