@@ -20,6 +20,9 @@ from starlette.routing import Match
 
 from api.deps import require_api_key
 from api.guards import RequestGuard
+from api.metrics import Metrics
+from api.metrics import router as metrics_router
+from api.observe import REQUEST_ID_HEADER, ObserveRequests
 from api.routes import documents, health, openai_compat, query
 from api.schemas import ErrorOut
 from rag.answering.batching import GenerationTimeout, Overloaded
@@ -89,6 +92,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.metrics = metrics = Metrics(queue_depth=lambda: _queue_depth(app))
 
     guarded = [Depends(require_api_key)]
     auth = UNAUTHORIZED if settings.api.api_key else {}
@@ -100,8 +104,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES},
         max_body_size=int(settings.api.max_upload_mb * MB) + MULTIPART_OVERHEAD,
     )
+    app.include_router(metrics_router, dependencies=[] if settings.api.public_metrics else guarded, responses=auth)
     _add_docs(app, settings, guarded)
     app.add_middleware(RequestGuard, body_timeout_s=settings.api.body_timeout_s)
+    app.add_middleware(ObserveRequests, metrics=metrics)  # outermost: every response gets the request id
 
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -234,4 +240,14 @@ async def _index_busy(request: Request, exc: IndexBusy) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(request, status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
+    # This handler runs outside the middleware that adds the request id to responses: add it here.
+    request_id = getattr(request.state, "request_id", None)
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return _error(request, status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error", headers)
+
+
+def _queue_depth(app: FastAPI) -> float:
+    """Generation requests waiting, for the metrics (0 while no generator runs)."""
+    runtime = getattr(app.state, "runtime", None)
+    batcher = getattr(runtime, "batcher", None)
+    return float(batcher.waiting) if batcher is not None else 0.0

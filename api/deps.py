@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.observe import ObservedAnswers
 from api.schemas import ChatCompletionRequest, QueryRequest, check_limits
 from rag.answering.service import AnswerService
 from rag.ingestion.documents import DocumentService
@@ -41,8 +42,9 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_answers(runtime: RuntimeDep) -> AnswerService:
-    """The answering pipeline; 503 when the runtime was started without a generator."""
+def get_answers(runtime: RuntimeDep, request: Request) -> AnswerService:
+    """The answering pipeline, observed (metrics, one log line per question); 503 when the runtime was started
+    without a generator."""
     if runtime.answers is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the generator is not loaded in this process")
     if runtime.index.is_empty():  # not a 200 "not in the documents": there are no documents
@@ -50,7 +52,10 @@ def get_answers(runtime: RuntimeDep) -> AnswerService:
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"the index at {runtime.index.path} has no chunks: run `rag-ingest DOCS_DIR` or POST /v1/documents",
         )
-    return runtime.answers
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is None:  # an app without metrics (bench.naive_server)
+        return runtime.answers
+    return ObservedAnswers(runtime.answers, metrics, getattr(request.state, "request_id", None))  # type: ignore[return-value]
 
 
 AnswersDep = Annotated[AnswerService, Depends(get_answers)]
