@@ -3,11 +3,10 @@ and every command's --help stating its exit codes."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,21 +15,28 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.logs import JsonFormatter, configure_logging
 from api.observe import REQUEST_ID_HEADER
-from tests.conftest import REPO, SAMPLE_DOCS
+from rag.settings import Settings
+from tests.conftest import SAMPLE_DOCS
 from tests.test_api import ANSWERABLE, TOP_K, UNANSWERABLE
 
 TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def app(runtime):
-    return create_app(runtime.settings, runtime=runtime)
+def client(runtime):
+    """The app over the session's real runtime."""
+    with TestClient(create_app(runtime.settings, runtime=runtime)) as client:
+        yield client
+
+
+def bare_app(**api):
+    """An app whose lifespan never runs (no models, no index): what the HTTP layer does on its own."""
+    return create_app(Settings().with_overrides({"api": api}) if api else Settings())
 
 
 @pytest.fixture(scope="module")
-def client(app):
-    with TestClient(app) as client:
-        yield client
+def bare():
+    return TestClient(bare_app())
 
 
 def samples(client: TestClient) -> dict[tuple[str, frozenset], float]:
@@ -127,60 +133,65 @@ def test_an_abstention_before_generation_is_counted_and_logged(client, question_
     assert line["request_id"] == response.headers[REQUEST_ID_HEADER]
 
 
-def test_request_id_generated_and_echoed_on_errors(client):
-    generated = client.get("/readyz").headers[REQUEST_ID_HEADER]
+def test_request_id_generated_and_echoed_on_errors(bare):
+    generated = bare.get("/healthz").headers[REQUEST_ID_HEADER]
     assert len(generated) == 32 and int(generated, 16) >= 0
-    assert client.get("/readyz").headers[REQUEST_ID_HEADER] != generated  # one per request
+    assert bare.get("/healthz").headers[REQUEST_ID_HEADER] != generated  # one per request
+    missing = bare.get("/nowhere", headers={REQUEST_ID_HEADER: "abc-124"})
+    assert missing.status_code == 404 and missing.headers[REQUEST_ID_HEADER] == "abc-124"
+    starting = bare.get("/readyz", headers={REQUEST_ID_HEADER: "abc-125"})  # no runtime: 503
+    assert starting.status_code == 503 and starting.headers[REQUEST_ID_HEADER] == "abc-125"
+    keyed = TestClient(bare_app(api_key="k"))
+    refused = keyed.post("/v1/query", json={"question": "x"}, headers={REQUEST_ID_HEADER: "abc-126"})
+    assert refused.status_code == 401 and refused.headers[REQUEST_ID_HEADER] == "abc-126"
+
+
+@pytest.mark.e2e
+def test_request_id_on_a_422(client):
     bad = client.post("/v1/query", json={"question": ""}, headers={REQUEST_ID_HEADER: "abc-123"})
     assert bad.status_code == 422 and bad.headers[REQUEST_ID_HEADER] == "abc-123"
-    missing = client.get("/nowhere", headers={REQUEST_ID_HEADER: "abc-124"})
-    assert missing.status_code == 404 and missing.headers[REQUEST_ID_HEADER] == "abc-124"
 
 
 @pytest.mark.parametrize("given", ["", "has space", "x" * 200, "ünïcode", "a\tb", "-leading-dash"])
-def test_an_insane_request_id_is_replaced(client, given):
-    echoed = client.get("/healthz", headers={REQUEST_ID_HEADER: given.encode("utf-8")}).headers[REQUEST_ID_HEADER]
+def test_an_insane_request_id_is_replaced(bare, given):
+    echoed = bare.get("/healthz", headers={REQUEST_ID_HEADER: given.encode("utf-8")}).headers[REQUEST_ID_HEADER]
     assert echoed != given and len(echoed) == 32
 
 
-def test_request_id_on_a_500(runtime):
-    app = create_app(runtime.settings, runtime=runtime)
+def test_request_id_on_a_500():
+    app = bare_app()
 
     @app.get("/boom")
     def boom():
         raise RuntimeError("boom")
 
-    with TestClient(app, raise_server_exceptions=False) as client:
-        response = client.get("/boom", headers={REQUEST_ID_HEADER: "boom-1"})
+    response = TestClient(app, raise_server_exceptions=False).get("/boom", headers={REQUEST_ID_HEADER: "boom-1"})
     assert response.status_code == 500 and response.headers[REQUEST_ID_HEADER] == "boom-1"
-    assert 'rag_http_requests_total{method="GET",route="/boom",status="500"} 1.0' in \
-        TestClient(app).get("/metrics").text
+    assert value(samples(TestClient(app)), "rag_http_requests_total", route="/boom", method="GET", status="500") == 1
 
 
-def test_unmatched_paths_share_one_label(client):
-    client.get("/no/such/path/1")
-    client.get("/no/such/path/2")
-    text = client.get("/metrics").text
+def test_unmatched_paths_share_one_label(bare):
+    bare.get("/no/such/path/1")
+    bare.get("/no/such/path/2")
+    text = bare.get("/metrics").text
     assert 'route="unmatched"' in text and "/no/such/path" not in text
 
 
-def test_metrics_need_the_key_unless_public(runtime):
-    keyed = runtime.settings.with_overrides({"api": {"api_key": "k"}})
-    with TestClient(create_app(keyed, runtime=runtime)) as client:
-        assert client.get("/metrics").status_code == 401
-        assert client.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
-    public = keyed.with_overrides({"api": {"public_metrics": True}})
-    with TestClient(create_app(public, runtime=runtime)) as client:
-        assert client.get("/metrics").status_code == 200
-        assert client.post("/v1/query", json={"question": "x"}).status_code == 401
+def test_metrics_need_the_key_unless_public():
+    keyed = TestClient(bare_app(api_key="k"))
+    assert keyed.get("/metrics").status_code == 401
+    assert keyed.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+    public = TestClient(bare_app(api_key="k", public_metrics=True))
+    assert public.get("/metrics").status_code == 200
+    assert public.post("/v1/query", json={"question": "x"}).status_code == 401
 
 
-def test_apps_count_apart(runtime, client):
-    other = TestClient(create_app(runtime.settings, runtime=runtime))
+def test_apps_count_apart(bare):
+    bare.get("/healthz")
+    other = TestClient(bare_app())
     other.get("/healthz")
     other.get("/healthz")
-    text = other.get("/metrics").text
-    assert 'rag_http_requests_total{method="GET",route="/healthz",status="200"} 2.0' in text
+    assert value(samples(other), "rag_http_requests_total", route="/healthz", method="GET", status="200") == 2
 
 
 def test_uploads_count_documents_chunks_and_failures(runtime, tmp_path):
@@ -203,8 +214,9 @@ def test_uploads_count_documents_chunks_and_failures(runtime, tmp_path):
 
 def test_json_log_format_writes_one_object_per_line():
     stream = io.StringIO()
-    configure_logging("info", "json")
     root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("info", "json")
     try:
         root.handlers[0].setStream(stream)
         logging.getLogger("rag.test").info("hello %s", "world", extra={"fields": {"verdict": "answered"}})
@@ -213,23 +225,26 @@ def test_json_log_format_writes_one_object_per_line():
         except ValueError:
             logging.getLogger("rag.test").exception("failed")
     finally:
-        root.handlers.clear()
+        root.handlers[:], level = saved
+        root.setLevel(level)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert lines[0]["message"] == "hello world" and lines[0]["verdict"] == "answered" and lines[0]["level"] == "INFO"
     assert lines[1]["level"] == "ERROR" and "ValueError: bad" in lines[1]["exc_info"]
     assert len(lines) == 2  # the traceback stays inside its line
 
 
+# Every command a user runs, by module; each has main(argv) and argparse's --help.
 COMMANDS = [
-    ["-m", "api.main"], ["-m", "ingest.cli"], ["-m", "api.ask"], ["-m", "evals.cli"],
-    ["-m", "bench.openai_server"], ["-m", "bench.naive_server"], ["-m", "bench.serve"], ["-m", "bench.ingest"],
-    ["-m", "bench.search"], ["-m", "bench.burst"], ["-m", "evals.calibrate"], ["-m", "evals.choose_thresholds"],
-    ["-m", "evals.ci_sample"],
+    "api.main", "ingest.cli", "api.ask", "evals.cli", "evals.calibrate", "evals.choose_thresholds", "evals.ci_sample",
+    "bench.openai_server", "bench.naive_server", "bench.serve", "bench.ingest", "bench.search", "bench.burst",
 ]
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[-1])
-def test_every_command_help_states_its_exit_codes(command):
-    done = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "exit codes" in done.stdout.lower() and "0 " in done.stdout, done.stdout[-800:]
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_help_states_its_exit_codes(module, capsys):
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit codes" in text.lower() and "0 " in text, text[-800:]
