@@ -221,6 +221,7 @@ def quiet_libraries() -> None:
     import bm25s  # noqa: F401 - imported first: it sets its own logger to DEBUG on import
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to an external generator otherwise
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
