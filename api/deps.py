@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.observe import ObservedAnswers
 from api.schemas import ChatCompletionRequest, QueryRequest, check_limits
 from rag.answering.service import AnswerService
 from rag.collections import DEFAULT_COLLECTION, NAME_PATTERN, BadCollectionName, CollectionNotFound, Collections
@@ -88,12 +89,13 @@ def open_collection(collections: Collections, name: str, create: bool = False) -
 
 def get_answers(request: Request, collections: CollectionsDep) -> AnswerService:
     """The answering pipeline of the request's collection; 404 for an unknown collection, 503 when the runtime
-    was started without a generator or the collection is empty.
+    was started without a generator or the collection is empty. Observed (metrics, one log line per question).
 
     The collection is the one the body validator (``valid_query``, ``valid_chat``) or ``collection_query``
     recorded in ``request.state``: routes declare those parameters before this one, and FastAPI resolves a
     route's dependencies in the order they are declared."""
-    runtime = open_collection(collections, getattr(request.state, "collection", DEFAULT_COLLECTION))
+    collection = getattr(request.state, "collection", DEFAULT_COLLECTION)
+    runtime = open_collection(collections, collection)
     if runtime.answers is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the generator is not loaded in this process")
     if runtime.index.is_empty():  # not a 200 "not in the documents": there are no documents
@@ -101,7 +103,12 @@ def get_answers(request: Request, collections: CollectionsDep) -> AnswerService:
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"the index at {runtime.index.path} has no chunks: run `rag-ingest DOCS_DIR` or POST /v1/documents",
         )
-    return runtime.answers
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is None:  # an app without metrics (bench.naive_server)
+        return runtime.answers
+    return ObservedAnswers(  # type: ignore[return-value]
+        runtime.answers, metrics, getattr(request.state, "request_id", None), collection=collection,
+    )
 
 
 AnswersDep = Annotated[AnswerService, Depends(get_answers)]

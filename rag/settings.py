@@ -168,8 +168,41 @@ class RetrievalSettings(BaseModel):
     )
 
 
+class OpenAIGeneratorSettings(BaseModel):
+    """An external generator behind an OpenAI-compatible chat completions API (vLLM, TGI, Ollama, llama.cpp
+    server, ...), used when ``generation.backend`` is "openai"."""
+
+    base_url: str = Field(
+        "", description="The server's API root, the part before /chat/completions, e.g. http://gpu-box:8000/v1."
+    )
+    model: str = Field("", description="The model name the server expects in each request ('' sends none).")
+    api_key: str | None = Field(None, description="Sent as 'Authorization: Bearer <key>' when set.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a connection to the server.")
+    read_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds to wait for each piece of a streamed reply before giving up (504)."
+    )
+    logprobs: bool = Field(
+        True, description="Ask for token log-probabilities (confidence features); servers that ignore the "
+        "request answer without them and the features say so (not available)."
+    )
+    top_logprobs: int = Field(
+        5, ge=0, le=20, description="Alternatives per token asked for: the first answer token's alternatives "
+        "give the abstain-marker probability."
+    )
+    tokenizer: str | None = Field(
+        None, description="A local tokenizer folder or Hugging Face id to count prompt tokens with (the "
+        "evidence budget); None estimates 4 characters per token."
+    )
+
+
 class GenerationSettings(BaseModel):
     """The generator and its request handling."""
+
+    backend: Literal["local", "openai"] = Field(
+        "local", description="'local' runs models.generator in this process; 'openai' sends each prompt to the "
+        "OpenAI-compatible server of generation.openai (prompt, verification and confidence unchanged)."
+    )
+    openai: OpenAIGeneratorSettings = Field(default_factory=OpenAIGeneratorSettings)
 
     max_new_tokens: int = Field(
         96, ge=1, le=1024, description="Default cap on generated tokens for sentence answers (why, how, describe)."
@@ -214,6 +247,9 @@ class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address rag-serve binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port rag-serve binds.")
     api_key: str | None = Field(None, description="When set, every route but /healthz needs 'Authorization: Bearer <key>'.")
+    public_metrics: bool = Field(
+        False, description="Serve GET /metrics (Prometheus) without the API key, for a scraper on a trusted network."
+    )
     max_question_chars: int = Field(2000, ge=1, description="Longest question accepted.")
     max_upload_mb: float = Field(50.0, gt=0, description="Largest PDF accepted by POST /v1/documents.")
     body_timeout_s: float = Field(
@@ -273,6 +309,11 @@ class Settings(BaseSettings):
             raise ValueError("generation.max_new_tokens must not exceed generation.max_new_tokens_limit")
         if self.generation.max_new_tokens_short > self.generation.max_new_tokens_limit:
             raise ValueError("generation.max_new_tokens_short must not exceed generation.max_new_tokens_limit")
+        if self.generation.backend == "openai" and not self.generation.openai.base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                "generation.backend='openai' needs generation.openai.base_url, an http(s) URL such as "
+                "http://localhost:8000/v1 (RAG_GENERATION__OPENAI__BASE_URL)"
+            )
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":

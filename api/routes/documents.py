@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, UploadFile, status
 from fastapi.responses import FileResponse
 
 from api.deps import CollectionQuery, DocumentsDep, UploadDocumentsDep
+from api.metrics import MetricsDep
 from api.schemas import DeletedOut, DocumentOut, ErrorOut, UploadOut
 from rag.ingestion.documents import DocumentNotFound, NotAPdf, TooLarge, UploadRejected
 
@@ -33,17 +34,19 @@ def list_documents(documents: DocumentsDep, collection: CollectionQuery) -> list
         422: {"model": ErrorOut, "description": "A bad file name, or a PDF that cannot be ingested (the reason)."},
     },
 )
-async def upload_document(file: UploadFile, documents: UploadDocumentsDep) -> UploadOut:
+async def upload_document(file: UploadFile, documents: UploadDocumentsDep, metrics: MetricsDep) -> UploadOut:
     """Ingest one PDF (multipart field ``file``) as ``uploads/<file name>``, replacing an upload of that name;
     a collection that does not exist yet is created."""
     try:
-        upload = await asyncio.to_thread(documents.upload, file.file, file.filename, file.size)
+        with metrics.ingest_failures.count_exceptions():
+            upload = await asyncio.to_thread(documents.upload, file.file, file.filename, file.size)
     except NotAPdf as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(exc)) from exc
     except TooLarge as exc:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
     except UploadRejected as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    metrics.observe_upload(upload.status, upload.chunks)
     return UploadOut(document=upload.document, pages=upload.pages, chunks=upload.chunks, status=upload.status)
 
 
