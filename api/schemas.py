@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from rag.answering.followup import Rewrite, Turn
 from rag.settings import Settings
 from rag.indexing.store import DocumentRecord
 from rag.types import Answer, Citation, Quote
@@ -224,6 +225,11 @@ class ChatCompletionRequest(BaseModel):
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def history(self) -> list[Turn]:
+        """The user and assistant turns with text before the question, oldest first (what a follow-up refers to)."""
+        last = max(i for i, m in enumerate(self.messages) if m.role == "user" and m.text().strip())
+        return [Turn(m.role, m.text()) for m in self.messages[:last] if m.role in ("user", "assistant") and m.text().strip()]
+
 
 class Usage(BaseModel):
     prompt_tokens: int = 0
@@ -244,6 +250,13 @@ class RagInfo(BaseModel):
     answer: str
     abstained: bool
     reason: str | None = None
+    question: str | None = Field(
+        None, description="The question searched: the last user message, or its standalone rewrite when it was a "
+        "follow-up that needs the earlier turns ('Where was it exhibited?').",
+    )
+    rewrite: Literal["unchanged", "generator", "rules"] | None = Field(
+        None, description="How `question` came from the last user message (followup.mode).",
+    )
     quotes: list[QuoteOut] = Field(default_factory=list)
     confidence: float | None = None
     support: float | None = None
@@ -299,9 +312,10 @@ class ChatCompletionChunk(BaseModel):
     rag: RagInfo | None = None
 
 
-def rag_info(answer: Answer) -> RagInfo:
+def rag_info(answer: Answer, rewrite: Rewrite | None = None) -> RagInfo:
     return RagInfo(
         answer=answer.text, abstained=answer.abstained, reason=answer.reason,
+        question=rewrite.question if rewrite else None, rewrite=rewrite.method if rewrite else None,
         quotes=[quote_out(q) for q in answer.quotes], confidence=answer.confidence, support=answer.support,
         relevance=answer.relevance, timings=dict(answer.timings),
     )

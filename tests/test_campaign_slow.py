@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 SCHEMATHESIS_EXAMPLES = int(os.environ.get("RAG_CAMPAIGN_EXAMPLES", "25"))  # per operation
 KILLS = int(os.environ.get("RAG_CAMPAIGN_KILLS", "20"))
+COMMIT_WAIT_S = 300.0  # longest wait for a commit before a kill meant to land after one
 
 
 def chunk_count(index_dir: Path) -> int:
@@ -85,9 +86,17 @@ def test_random_kills_of_a_pooled_ingest_lose_nothing_and_leave_no_process(tmp_p
             cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         start_generation = generation(index_dir)
-        delay = rng.uniform(0.5, 25.0)
-        deadline = time.monotonic() + delay
         seen: set[int] = set()
+        if kill % 2:
+            # Every other kill lands just after a commit, whatever the machine's speed: on a busy CPU the first
+            # commit of a run can come later than any fixed delay (all 20 kills then land before one).
+            deadline = time.monotonic() + COMMIT_WAIT_S
+            while time.monotonic() < deadline and child.poll() is None and generation(index_dir) == start_generation:
+                seen |= descendants(child.pid)
+                time.sleep(0.05)
+            deadline = time.monotonic() + rng.uniform(0.0, 1.0)
+        else:
+            deadline = time.monotonic() + rng.uniform(0.5, 25.0)
         while time.monotonic() < deadline and child.poll() is None:
             seen |= descendants(child.pid)
             time.sleep(0.05)
