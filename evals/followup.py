@@ -48,14 +48,17 @@ def main(argv: list[str] | None = None) -> int:
             with Runtime(settings).start_ingest() as runtime:
                 runtime.documents.sync_folder(args.docs)
         with Runtime(settings).start(with_generator=not args.no_generator) as runtime:
-            result = evaluate_followups(runtime, load_cases(args.cases), args.top_k, args.answers)
-    for row in result["cases"]:
-        print(row["id"], {k: int(v) for k, v in row["hit"].items()}, json.dumps(row["asked"], ensure_ascii=False))
+            result = evaluate_followups(runtime, load_cases(args.cases), args.top_k, args.answers, progress=_show)
     print(json.dumps(result["total"], indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     return 0
+
+
+def _show(row: dict) -> None:
+    print(row["id"], "top-k", {k: int(v) for k, v in row["hit"].items()}, "top-1", {k: int(v) for k, v in row["hit1"].items()},
+          "right", row.get("correct"), json.dumps(row["asked"], ensure_ascii=False), row.get("answers", ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -188,3 +188,35 @@ def test_chat_route_searches_the_standalone_question(chat, case_id):
     assert check_rewrite(rag["question"], case["question"], history(case), 300) is None or rag["rewrite"] == "rules"
     cited = response.json()["citations"]
     assert any(c["document"] == case["doc"] and c["pages"][0] <= case["pages"][0] <= c["pages"][1] for c in cited), cited
+
+
+def test_rules_resolve_a_determiner_and_a_plural_possessive():
+    castle = [Turn("user", "What was the name of the castle the Normans held in Armenian service?")]
+    assert rules_rewrite("What does this name mean?", castle) == "What does the name mean (Armenian service)?"
+    canary = [Turn("user", "Who took the title of King of the Canary Islands?")]
+    assert rules_rewrite("Who sold their rights?", canary) == "Who sold Canary Islands' rights?"
+
+
+def test_chat_route_reports_the_question_it_searched(runtime):
+    """Streamed and not: an off-topic follow-up, rewritten by the rules, abstains at the relevance gate (no
+    generation, so this runs in the fast tier) and the response says what was searched."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    rt = runtime.derive({"followup": {"mode": "rules"}})
+    messages = [{"role": "user", "content": "Who designed the Eiffel Tower?"},
+                {"role": "assistant", "content": "Gustave Eiffel's company."},
+                {"role": "user", "content": "When was it finished?"}]
+    try:
+        with TestClient(create_app(rt.settings, runtime=rt)) as client:
+            body = client.post("/v1/chat/completions", json={"messages": messages}).json()
+            assert body["rag"]["question"] == "When was the Eiffel Tower finished?", body["rag"]
+            assert body["rag"]["rewrite"] == "rules" and body["rag"]["abstained"]
+            with client.stream("POST", "/v1/chat/completions", json={"messages": messages, "stream": True}) as r:
+                events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+            assert events[-1]["rag"]["question"] == "When was the Eiffel Tower finished?"
+            single = client.post("/v1/chat/completions", json={"messages": messages[-1:]}).json()
+            assert (single["rag"]["question"], single["rag"]["rewrite"]) == ("When was it finished?", "unchanged")
+    finally:
+        rt.close()

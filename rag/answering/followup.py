@@ -140,7 +140,7 @@ def rules_rewrite(question: str, history: Sequence[Turn]) -> str:
                 continue
             replacement = f"in {named}"
         elif word in ("its", "their", "theirs", "his", "hers") or (word == "her" and _possessive_her(question, match)):
-            replacement = f"{named}'s"
+            replacement = f"{named}'" if named.endswith("s") else f"{named}'s"
         elif word in ("this", "these", "those") and _followed_by_noun(question, match):
             # a determiner: "this engine" -> "the engine (steam engine indicator)"
             return _append_topic(question[:match.start()] + "the" + question[match.end():], topic)
@@ -170,7 +170,7 @@ def _possessive_her(question: str, match: re.Match) -> bool:
 
 def _followed_by_noun(question: str, match: re.Match) -> bool:
     rest = _WORD.findall(question[match.end():])
-    return bool(rest) and rest[0].lower() not in _NOT_TOPIC
+    return bool(rest) and rest[0].lower() not in STOPWORDS
 
 
 def _append_topic(question: str, topic: str) -> str:

@@ -37,7 +37,9 @@ def _correct(answer, golds: list[str]) -> bool:
     return not answer.abstained and any(normalize_answer(g) in text for g in golds)
 
 
-def evaluate_followups(runtime, cases: list[dict[str, Any]], top_k: int = 3, answers: bool = False) -> dict[str, Any]:
+def evaluate_followups(
+    runtime, cases: list[dict[str, Any]], top_k: int = 3, answers: bool = False, progress=None,
+) -> dict[str, Any]:
     """Per case and in total: the question each variant searched, top-``k`` gold-page hits, and answers."""
     settings = runtime.settings.followup
     rewriter = None
@@ -54,9 +56,9 @@ def evaluate_followups(runtime, cases: list[dict[str, Any]], top_k: int = 3, ans
             rewrite = asyncio.run(rewriter.rewrite(question, turns))
             asked["generator"] = rewrite.question
             row["generator_method"], row["generator_note"] = rewrite.method, rewrite.note
-        row["hit"] = {
-            name: _hit(runtime.retriever.retrieve(q, top_k), case["doc"], case["pages"]) for name, q in asked.items()
-        }
+        retrieved = {name: runtime.retriever.retrieve(q, top_k) for name, q in asked.items()}
+        row["hit"] = {name: _hit(p, case["doc"], case["pages"]) for name, p in retrieved.items()}
+        row["hit1"] = {name: _hit(p[:1], case["doc"], case["pages"]) for name, p in retrieved.items()}
         if answers and runtime.answers is not None:
             row["correct"] = {}
             for name in ("last", "generator"):
@@ -64,11 +66,14 @@ def evaluate_followups(runtime, cases: list[dict[str, Any]], top_k: int = 3, ans
                 row["correct"][name] = _correct(answer, case["answers"])
                 row.setdefault("answers", {})[name] = answer.text
         rows.append(row)
+        if progress is not None:
+            progress(row)
     names = [v for v in VARIANTS if all(v in r["hit"] for r in rows)]
     follow = [r for r in rows if not r["control"]]
     total = {
         f"top{top_k}_{name}": f"{sum(r['hit'][name] for r in follow)}/{len(follow)}" for name in names
     }
+    total.update({f"top1_{name}": f"{sum(r['hit1'][name] for r in follow)}/{len(follow)}" for name in names})
     total["controls_unchanged_by_rules"] = f"{sum(r['asked']['rules'] == r['asked']['last'] for r in rows if r['control'])}/{len(rows) - len(follow)}"
     if "generator" in names:
         methods = [r["generator_method"] for r in follow]
