@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.answering.followup import FollowupRewriter, Turn, needs_context, rules_rewrite
+from rag.errors import RagError
 from rag.text import normalize_answer
 
 VARIANTS = ("last", "rules", "generator", "reference")
@@ -59,12 +60,16 @@ def evaluate_followups(
         retrieved = {name: runtime.retriever.retrieve(q, top_k) for name, q in asked.items()}
         row["hit"] = {name: _hit(p, case["doc"], case["pages"]) for name, p in retrieved.items()}
         row["hit1"] = {name: _hit(p[:1], case["doc"], case["pages"]) for name, p in retrieved.items()}
-        if answers and runtime.answers is not None:
-            row["correct"] = {}
+        if answers and runtime.answers is not None and not row["control"]:
+            row["correct"], row["answers"] = {}, {}
             for name in ("last", "generator"):
-                answer = asyncio.run(runtime.answers.answer(asked[name]))
+                try:
+                    answer = asyncio.run(runtime.answers.answer(asked[name]))
+                except RagError as exc:  # a timeout on a busy CPU: scored as not answered, and said so
+                    row["correct"][name], row["answers"][name] = False, f"error: {exc}"
+                    continue
                 row["correct"][name] = _correct(answer, case["answers"])
-                row.setdefault("answers", {})[name] = answer.text
+                row["answers"][name] = answer.text
         rows.append(row)
         if progress is not None:
             progress(row)
@@ -81,4 +86,5 @@ def evaluate_followups(
     if answers and follow and "correct" in follow[0]:
         for name in ("last", "generator"):
             total[f"answered_right_{name}"] = f"{sum(r['correct'][name] for r in follow)}/{len(follow)}"
+        total["answer_errors"] = sum(str(a).startswith("error:") for r in follow for a in r["answers"].values())
     return {"total": total, "cases": rows}
