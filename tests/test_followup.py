@@ -116,6 +116,7 @@ class ScriptedBatcher:
 
 
 def rewrite(reply, question="Where was it exhibited?", turns=INDICATOR, **settings):
+    settings.setdefault("mode", "generator")
     batcher = ScriptedBatcher(reply)
     rewriter = FollowupRewriter(ScriptedLLM(), batcher, FollowupSettings(**settings))
     return asyncio.run(rewriter.rewrite(question, turns)), batcher
