@@ -209,9 +209,8 @@ class FollowupSettings(BaseModel):
         "rules",
         description="'rules': the deterministic rewrite (the earlier question's key phrase for the pronoun, or the "
         "earlier question before an elliptical follow-up); 'generator': the generator rewrites a follow-up "
-        "(greedy, checked; the rules when its rewrite fails the checks: the packaged 0.5B's rewrites failed them "
-        "on every case measured, docs/evaluation.md, so it only costs a generation); 'off': the last user message "
-        "is searched as it is.",
+        "(greedy, checked; the rules when its rewrite fails the checks or is late: the packaged 0.5B's rewrite was "
+        "kept in none of the measured cases, docs/evaluation.md); 'off': the last user message is searched as it is.",
     )
     history_turns: int = Field(3, ge=1, le=10, description="Earlier user turns (with their replies) shown to the rewrite.")
     max_new_tokens: int = Field(32, ge=8, le=256, description="Token cap on the generated rewrite.")
