@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from rag.collections import DEFAULT_COLLECTION, NAME_PATTERN
+from rag.answering.followup import Rewrite, Turn
 from rag.settings import Settings
 from rag.indexing.store import DocumentRecord
 from rag.types import Answer, Citation, Quote
@@ -245,6 +246,11 @@ class ChatCompletionRequest(BaseModel):
         """The collection ``model`` names ('rag', the name before collections, is the default one)."""
         return DEFAULT_COLLECTION if self.model == "rag" else self.model
 
+    def history(self) -> list[Turn]:
+        """The user and assistant turns with text before the question, oldest first (what a follow-up refers to)."""
+        last = max(i for i, m in enumerate(self.messages) if m.role == "user" and m.text().strip())
+        return [Turn(m.role, m.text()) for m in self.messages[:last] if m.role in ("user", "assistant") and m.text().strip()]
+
 
 class Usage(BaseModel):
     prompt_tokens: int = 0
@@ -265,6 +271,13 @@ class RagInfo(BaseModel):
     answer: str
     abstained: bool
     reason: str | None = None
+    question: str | None = Field(
+        None, description="The question searched: the last user message, or its standalone rewrite when it was a "
+        "follow-up that needs the earlier turns ('Where was it exhibited?').",
+    )
+    rewrite: Literal["unchanged", "generator", "rules"] | None = Field(
+        None, description="How `question` came from the last user message (followup.mode).",
+    )
     quotes: list[QuoteOut] = Field(default_factory=list)
     nearest: list[CitationOut] = Field(
         default_factory=list, description="On an abstention, the nearest passages found (not sources); else empty."
@@ -323,9 +336,10 @@ class ChatCompletionChunk(BaseModel):
     rag: RagInfo | None = None
 
 
-def rag_info(answer: Answer) -> RagInfo:
+def rag_info(answer: Answer, rewrite: Rewrite | None = None) -> RagInfo:
     return RagInfo(
         answer=answer.text, abstained=answer.abstained, reason=answer.reason,
+        question=rewrite.question if rewrite else None, rewrite=rewrite.method if rewrite else None,
         quotes=[quote_out(q) for q in answer.quotes], nearest=[citation_out(c) for c in answer.nearest],
         confidence=answer.confidence, support=answer.support, relevance=answer.relevance, timings=dict(answer.timings),
     )

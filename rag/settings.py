@@ -241,6 +241,22 @@ class GenerationSettings(BaseModel):
     )
 
 
+class FollowupSettings(BaseModel):
+    """Chat follow-ups ("Where was it exhibited?") rewritten into standalone questions before retrieval."""
+
+    mode: Literal["generator", "rules", "off"] = Field(
+        "rules",
+        description="'rules': the deterministic rewrite (the earlier question's key phrase for the pronoun, or the "
+        "earlier question before an elliptical follow-up); 'generator': the generator rewrites a follow-up "
+        "(greedy, checked; the rules when its rewrite fails the checks or is late: the packaged 0.5B's rewrite was "
+        "kept in none of the measured cases, docs/evaluation.md); 'off': the last user message is searched as it is.",
+    )
+    history_turns: int = Field(3, ge=1, le=10, description="Earlier user turns (with their replies) shown to the rewrite.")
+    max_new_tokens: int = Field(32, ge=8, le=256, description="Token cap on the generated rewrite.")
+    max_chars: int = Field(300, ge=20, description="Longest rewrite kept (also at most twice the two questions' length).")
+    timeout_s: float = Field(30.0, gt=0, description="Time limit of the rewrite; past it the rules rewrite is used.")
+
+
 class ApiSettings(BaseModel):
     """The HTTP service."""
 
@@ -296,6 +312,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    followup: FollowupSettings = Field(default_factory=FollowupSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
     @model_validator(mode="after")
