@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -20,9 +21,15 @@ from starlette.routing import Match
 
 from api.deps import require_api_key
 from api.guards import RequestGuard
-from api.routes import documents, health, openai_compat, query
+from api.metrics import Metrics
+from api.metrics import router as metrics_router
+from api.observe import REQUEST_ID_HEADER, ObserveRequests
+from api.routes import collections, documents, health, openai_compat, query
+from api.routes.page import REDOC_JS, SWAGGER_CSS, SWAGGER_FAVICON, SWAGGER_JS, add_page
 from api.schemas import ErrorOut
 from rag.answering.batching import GenerationTimeout, Overloaded
+from rag.answering.openai_generator import GeneratorUnavailable
+from rag.collections import Collections
 from rag.indexing.index import IndexBusy
 from rag.ingestion.documents import MB
 from rag.runtime import Runtime
@@ -42,7 +49,11 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 GENERATING_RESPONSES: dict[int | str, dict[str, Any]] = {
     **COMMON_RESPONSES,
+    502: {"model": ErrorOut, "description": "The external generator server (generation.backend 'openai') failed."},
     504: {"model": ErrorOut, "description": "The answer did not finish within generation.request_timeout_s."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such collection (or document): the detail names what is missing."},
 }
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong 'Authorization: Bearer <api.api_key>'."},
@@ -69,9 +80,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 started.close()
                 raise
             app.state.runtime = started
+        # The served index is the root of the collections; the others open on first use, sharing its models.
+        app.state.collections = Collections(app.state.runtime)
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.collections.close)
+            app.state.collections = None
             if owned:
                 await asyncio.to_thread(app.state.runtime.close)
             app.state.runtime = None
@@ -87,24 +102,40 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.collections = None  # built in the lifespan, over the runtime
+    app.state.metrics = metrics = Metrics(queue_depth=lambda: _queue_depth(app))
 
     guarded = [Depends(require_api_key)]
     auth = UNAUTHORIZED if settings.api.api_key else {}
     app.include_router(health.public)
-    app.include_router(health.router, dependencies=guarded, responses=auth)
-    app.include_router(query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES})
-    app.include_router(openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES})
+    app.include_router(health.router, dependencies=guarded, responses={**auth, **NOT_FOUND})
+    app.include_router(query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND})
     app.include_router(
-        documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES},
+        openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND}
+    )
+    app.include_router(collections.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES})
+    app.include_router(
+        documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES, **NOT_FOUND},
         max_body_size=int(settings.api.max_upload_mb * MB) + MULTIPART_OVERHEAD,
     )
+    app.include_router(metrics_router, dependencies=[] if settings.api.public_metrics else guarded, responses=auth)
     _add_docs(app, settings, guarded)
+    add_page(app)
     app.add_middleware(RequestGuard, body_timeout_s=settings.api.body_timeout_s)
+    if settings.api.cors_origins:
+        # Outside the key check: a browser's preflight (OPTIONS) is answered before it, which it cannot pass
+        # (browsers send no Authorization header on a preflight).
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["Retry-After", REQUEST_ID_HEADER],
+        )
+    app.add_middleware(ObserveRequests, metrics=metrics)  # outermost: every response gets the request id
 
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(GenerationTimeout, _timed_out)
+    app.add_exception_handler(GeneratorUnavailable, _bad_gateway)
     app.add_exception_handler(IndexBusy, _index_busy)
     app.add_exception_handler(Exception, _unexpected)
     return app
@@ -127,11 +158,17 @@ def _add_docs(app: FastAPI, settings: Settings, guarded: list) -> None:
 
     @app.get("/docs", include_in_schema=False, dependencies=guarded)
     def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+        return get_swagger_ui_html(  # scripts and styles from the package (api.routes.page): works offline
+            openapi_url="/openapi.json", title=f"{app.title} - docs",
+            swagger_js_url=SWAGGER_JS, swagger_css_url=SWAGGER_CSS, swagger_favicon_url=SWAGGER_FAVICON,
+        )
 
     @app.get("/redoc", include_in_schema=False, dependencies=guarded)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+        return get_redoc_html(  # no Google Fonts either
+            openapi_url="/openapi.json", title=f"{app.title} - ReDoc", redoc_js_url=REDOC_JS,
+            redoc_favicon_url=SWAGGER_FAVICON, with_google_fonts=False,
+        )
 
 
 def _with_settings_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -221,10 +258,24 @@ async def _timed_out(request: Request, exc: GenerationTimeout) -> JSONResponse:
     return _error(request, status.HTTP_504_GATEWAY_TIMEOUT, f"generation timed out: {exc}")
 
 
+async def _bad_gateway(request: Request, exc: GeneratorUnavailable) -> JSONResponse:
+    return _error(request, status.HTTP_502_BAD_GATEWAY, f"the generator failed: {exc}")
+
+
 async def _index_busy(request: Request, exc: IndexBusy) -> JSONResponse:
     return _error(request, status.HTTP_409_CONFLICT, str(exc))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(request, status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
+    # This handler runs outside the middleware that adds the request id to responses: add it here.
+    request_id = getattr(request.state, "request_id", None)
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return _error(request, status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error", headers)
+
+
+def _queue_depth(app: FastAPI) -> float:
+    """Generation requests waiting, for the metrics (0 while no generator runs)."""
+    runtime = getattr(app.state, "runtime", None)
+    batcher = getattr(runtime, "batcher", None)
+    return float(batcher.waiting) if batcher is not None else 0.0

@@ -18,6 +18,7 @@ examples:
   rag-ask --index .rag-sample "What company developed the most successful steam engine indicator?"
   rag-ask --index .rag-sample --retrieve-only "steam engine efficiency"   passages only, no generation
   rag-ask --json "..."                                                    machine-readable answer
+  rag-ask --index .rag-sample --collection legal "..."                   answer from another collection
 
 {EXIT_CODES}"""
 
@@ -28,11 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("question", help="the question")
     parser.add_argument("--index", type=Path, help="index folder (default: settings index.path)")
+    parser.add_argument("--collection", metavar="NAME", default="default",
+                        help="the collection under --index to answer from (default: 'default'; exit 3 if none)")
     parser.add_argument("--top-k", type=int, help="passages handed to the generator")
     parser.add_argument("--retrieve-only", action="store_true", help="print the retrieved passages, do not generate")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
 
+    from rag.collections import (
+        CollectionNotFound, check_name, collection_exists, collection_names, collection_overrides,
+    )
     from rag.runtime import Runtime, quiet_libraries
     from rag.settings import Settings
 
@@ -41,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.question.strip():
             raise UsageError("the question is empty")
         settings = Settings().with_overrides({"index": {"path": args.index}} if args.index else {})
+        if not collection_exists(settings.index.path, check_name(args.collection)):
+            raise CollectionNotFound(
+                f"no collection {args.collection!r} under {settings.index.path}: the collections are "
+                f"{', '.join(collection_names(settings.index.path)) or 'none'}"
+            )
+        settings = settings.with_overrides(collection_overrides(settings, args.collection))
         # create_index=False: a missing index is reported (exit 3) before any model loads
         runtime = Runtime(settings).start(with_generator=not args.retrieve_only, create_index=False)
     except (RagError, ValidationError) as exc:
@@ -64,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         for q in answer.quotes:
             pages = f"p. {q.page_start}" if q.page_start == q.page_end else f"pp. {q.page_start}-{q.page_end}"
             print(f"  - {q.document}, {pages}: \"{q.text[:240].strip()}\"")
-        if not answer.quotes:
-            for c in answer.citations:
+        if not answer.quotes:  # an abstention's nearest passages, under the label above
+            for c in answer.nearest if answer.abstained else answer.citations:
                 pages = f"p. {c.page_start}" if c.page_start == c.page_end else f"pp. {c.page_start}-{c.page_end}"
                 print(f"  - {c.document}, {pages}: \"{c.snippet[:160].strip()}...\"")
     return ExitCode.ABSTAINED if answer.abstained else ExitCode.OK

@@ -3,24 +3,35 @@
 Everything comes from ``app.state``, filled by the app's lifespan: ``settings`` and ``runtime`` (a started
 ``rag.runtime.Runtime``, the composition root). Routes depend on the two services it builds, never on its
 other parts: ``AnswersDep`` (``rag.answering.service.AnswerService``) and ``DocumentsDep``
-(``rag.ingestion.documents.DocumentService``).
+(``rag.ingestion.documents.DocumentService``), both of the collection the request names (``?collection=`` on
+the document routes, the body's ``collection`` or ``model`` on the answering routes; ``default`` when none), which
+``app.state.collections`` (``rag.collections.Collections``) opens on first use.
 """
 
 from __future__ import annotations
 
 import secrets
 from typing import Annotated
+from urllib.parse import unquote
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.observe import ObservedAnswers
 from api.schemas import ChatCompletionRequest, QueryRequest, check_limits
 from rag.answering.service import AnswerService
+from rag.collections import DEFAULT_COLLECTION, NAME_PATTERN, BadCollectionName, CollectionNotFound, Collections
+from rag.indexing.index import IndexIncompatible
 from rag.ingestion.documents import DocumentService
 from rag.runtime import Runtime
 from rag.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the service runs with api.api_key set.")
+# The web page (api/static) keeps the key in this cookie too, so that a plain link (a citation opening the PDF)
+# is authorised. Read for GET/HEAD only: a cookie rides along on requests other sites trigger, so it must not
+# authorise anything that changes state (the page is also SameSite=Strict about it).
+API_KEY_COOKIE = "rag_api_key"
+COOKIE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def get_settings(request: Request) -> Settings:
@@ -41,8 +52,50 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_answers(runtime: RuntimeDep) -> AnswerService:
-    """The answering pipeline; 503 when the runtime was started without a generator."""
+def get_collections(request: Request, runtime: RuntimeDep) -> Collections:
+    """The collections under the served index root (503 outside the app's lifespan, like ``get_runtime``)."""
+    collections = getattr(request.app.state, "collections", None)
+    if collections is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is starting or stopping; retry shortly")
+    return collections
+
+
+CollectionsDep = Annotated[Collections, Depends(get_collections)]
+
+
+def collection_query(
+    request: Request,
+    collection: Annotated[str, Query(pattern=NAME_PATTERN, description="The collection (default: 'default').")]
+    = DEFAULT_COLLECTION,
+) -> str:
+    """The ``?collection=`` of a request (422 for a bad name), remembered for ``get_answers``."""
+    request.state.collection = collection
+    return collection
+
+
+CollectionQuery = Annotated[str, Depends(collection_query)]
+
+
+def open_collection(collections: Collections, name: str, create: bool = False) -> Runtime:
+    """The runtime of collection ``name``: 404 when there is none (or the name cannot be one), 409 when it was
+    built with another embedder than the service's."""
+    try:
+        return collections.get(name, create=create)
+    except (CollectionNotFound, BadCollectionName) as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except IndexIncompatible as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+def get_answers(request: Request, collections: CollectionsDep) -> AnswerService:
+    """The answering pipeline of the request's collection; 404 for an unknown collection, 503 when the runtime
+    was started without a generator or the collection is empty. Observed (metrics, one log line per question).
+
+    The collection is the one the body validator (``valid_query``, ``valid_chat``) or ``collection_query``
+    recorded in ``request.state``: routes declare those parameters before this one, and FastAPI resolves a
+    route's dependencies in the order they are declared."""
+    collection = getattr(request.state, "collection", DEFAULT_COLLECTION)
+    runtime = open_collection(collections, collection)
     if runtime.answers is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the generator is not loaded in this process")
     if runtime.index.is_empty():  # not a 200 "not in the documents": there are no documents
@@ -50,28 +103,47 @@ def get_answers(runtime: RuntimeDep) -> AnswerService:
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"the index at {runtime.index.path} has no chunks: run `rag-ingest DOCS_DIR` or POST /v1/documents",
         )
-    return runtime.answers
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is None:  # an app without metrics (bench.naive_server)
+        return runtime.answers
+    return ObservedAnswers(  # type: ignore[return-value]
+        runtime.answers, metrics, getattr(request.state, "request_id", None), collection=collection,
+    )
 
 
 AnswersDep = Annotated[AnswerService, Depends(get_answers)]
 
 
-def get_documents(runtime: RuntimeDep) -> DocumentService:
-    """What the index holds, and uploads into it."""
-    return runtime.documents
+def get_documents(collections: CollectionsDep, collection: CollectionQuery) -> DocumentService:
+    """What the ``?collection=`` holds (404 when there is no such collection)."""
+    return open_collection(collections, collection).documents
 
 
 DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
 
 
+def get_upload_documents(collections: CollectionsDep, collection: CollectionQuery) -> DocumentService:
+    """The documents of the ``?collection=``, created empty when it does not exist yet (an upload creates it)."""
+    return open_collection(collections, collection, create=True).documents
+
+
+UploadDocumentsDep = Annotated[DocumentService, Depends(get_upload_documents)]
+
+
 def require_api_key(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """401 unless ``Authorization: Bearer <api.api_key>`` is sent (no check when no key is configured)."""
+    """401 unless ``Authorization: Bearer <api.api_key>`` is sent (no check when no key is configured).
+
+    A GET or HEAD without an Authorization header may instead carry the key in the ``rag_api_key`` cookie
+    (percent-encoded, as the page sets it); a bearer token, when sent, is the one checked."""
     expected = settings.api.api_key
     if not expected:
         return
     given = credentials.credentials if credentials is not None else ""
+    if credentials is None and request.method in COOKIE_METHODS:
+        given = unquote(request.cookies.get(API_KEY_COOKIE, ""))
     if not secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -81,19 +153,22 @@ def require_api_key(
 
 
 
-def valid_query(body: QueryRequest, settings: SettingsDep) -> QueryRequest:
-    """The request body, also checked against the limits in settings."""
+def valid_query(body: QueryRequest, settings: SettingsDep, request: Request) -> QueryRequest:
+    """The request body, also checked against the limits in settings; its collection is kept for ``get_answers``."""
     check_limits(settings, body.question, body.max_new_tokens)
+    request.state.collection = body.collection
     return body
 
 
 ValidQuery = Annotated[QueryRequest, Depends(valid_query)]
 
 
-def valid_chat(body: ChatCompletionRequest, settings: SettingsDep) -> ChatCompletionRequest:
-    """The request body, also checked against the limits in settings."""
+def valid_chat(body: ChatCompletionRequest, settings: SettingsDep, request: Request) -> ChatCompletionRequest:
+    """The request body, also checked against the limits in settings; the collection its ``model`` names is
+    kept for ``get_answers``."""
     tokens_field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     check_limits(settings, body.question, body.max_new_tokens, ("body", "messages"), ("body", tokens_field))
+    request.state.collection = body.collection
     return body
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -19,13 +18,24 @@ examples:
 
   curl -s localhost:8000/v1/query -H 'content-type: application/json' -d '{"question": "Who founded Normandy?"}'
   curl -N localhost:8000/v1/query -H 'content-type: application/json' -d '{"question": "...", "stream": true}'
-  OpenAI clients: base_url="http://localhost:8000/v1", any model name.
+  OpenAI clients: base_url="http://localhost:8000/v1", model "rag" or a collection's name.
+  Browser: http://localhost:8000/ is a page to ask, follow citations to the PDF page and manage documents.
+  rag-serve --log-format json                 one JSON object per log line; a 'question' line per question
+  curl -s localhost:8000/metrics              Prometheus metrics (behind the key; RAG_API__PUBLIC_METRICS=true)
+  RAG_GENERATION__BACKEND=openai RAG_GENERATION__OPENAI__BASE_URL=http://gpu-box:8000/v1 rag-serve
+                                              generate on an OpenAI-compatible server (vLLM, TGI, Ollama, ...)
 
 Settings come from RAG_* environment variables (see README); the options here override them.
 A host other than 127.0.0.1/localhost/::1 is refused unless RAG_API__API_KEY is set (exit 2). A missing index
 (say, a mistyped --index) or one built with another embedder is refused (exit 3); --create-index starts on an
 empty one. The models are found (and the packaged generator converted, once) before the server binds: a missing
 one exits 4.
+
+--index is the root of the collections: its own index is the collection 'default', the others (made by
+`rag-ingest DOCS_DIR --collection NAME` or an upload to ?collection=NAME) live in <index>/collections/NAME/ and
+open on first use. Requests choose one: ?collection= on the document routes, "collection" in /v1/query, "model"
+in /v1/chat/completions (GET /v1/models lists them). Browser front ends on other origins need
+RAG_API__CORS_ORIGINS='["http://localhost:3000"]'.
 
 """ + EXIT_CODES
 
@@ -42,12 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="start on an empty index when none exists at --index (to fill it through POST /v1/documents)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format", default="text", choices=["text", "json"],
+        help="json: one JSON object per line (time, level, logger, message, request_id, fields), for log "
+        "collectors; every question also writes one 'question' line on the rag.questions logger",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from api.logs import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     from rag.settings import Settings
 
     overrides: dict = {}
@@ -71,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
 
-    uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_level=args.log_level)
+    # log_config=None: uvicorn's loggers propagate to the root handler set above (text or JSON alike)
+    uvicorn.run(
+        create_app(settings), host=settings.api.host, port=settings.api.port, log_level=args.log_level,
+        log_config=None,
+    )
     return ExitCode.OK
 
 
@@ -81,7 +102,8 @@ def _find_models(settings) -> None:
 
     select_device(settings.models)
     resolve_embedder(settings.models)
-    resolve_generator(settings.models)
+    if settings.generation.backend == "local":  # an external server holds its own model
+        resolve_generator(settings.models)
 
 
 def check_index(settings, create: bool) -> None:

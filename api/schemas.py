@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from rag.collections import DEFAULT_COLLECTION, NAME_PATTERN
+from rag.answering.followup import Rewrite, Turn
 from rag.settings import Settings
 from rag.indexing.store import DocumentRecord
 from rag.types import Answer, Citation, Quote
@@ -46,6 +48,12 @@ MaxNewTokens = Annotated[
     StrictInt, Field(ge=1, description="Cap on generated tokens, at most generation.max_new_tokens_limit."),
     BeforeValidator(_integral),
 ]
+CollectionName = Annotated[
+    StrictStr, Field(
+        pattern=NAME_PATTERN, description="A collection: 1-64 lower-case letters, digits, '_' or '-' "
+        "(starting with a letter or digit); 'default' is the index rag-ingest builds without --collection.",
+    ),
+]
 
 
 # --------------------------------------------------------------------------------------------- /v1/query
@@ -63,6 +71,7 @@ class QueryRequest(BaseModel):
     top_k: TopK | None = None
     stream: StrictBool = Field(False, description="Answer as server-sent events (token, final, done).")
     max_new_tokens: MaxNewTokens | None = None
+    collection: CollectionName = DEFAULT_COLLECTION
 
     @field_validator("question")
     @classmethod
@@ -97,7 +106,11 @@ class QueryResponse(BaseModel):
     answer: str
     abstained: bool
     reason: str | None = Field(None, description="Why the service abstained, when it did.")
-    citations: list[CitationOut]
+    citations: list[CitationOut] = Field(description="The sources of the answer; empty on an abstention.")
+    nearest: list[CitationOut] = Field(
+        default_factory=list,
+        description="On an abstention, the nearest passages found: shown as such, never as sources; else empty.",
+    )
     quotes: list[QuoteOut] = Field(
         default_factory=list,
         description="The evidence sentences the answer rests on; on an abstention, the nearest evidence found.",
@@ -118,8 +131,9 @@ class QueryResponse(BaseModel):
         """The API view of a ``rag`` Answer (the only place the two meet)."""
         return cls(
             answer=answer.text, abstained=answer.abstained, reason=answer.reason,
-            citations=[citation_out(c) for c in answer.citations], quotes=[quote_out(q) for q in answer.quotes],
-            confidence=answer.confidence, form=answer.form, support=answer.support,
+            citations=[citation_out(c) for c in answer.citations], nearest=[citation_out(c) for c in answer.nearest],
+            quotes=[quote_out(q) for q in answer.quotes], confidence=answer.confidence, form=answer.form,
+            support=answer.support,
             relevance=answer.relevance, timings=dict(answer.timings), usage=dict(answer.usage),
         )
 
@@ -185,7 +199,10 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: Text = Field("rag", description="Echoed back; there is one model behind the service.")
+    model: Text = Field(
+        "rag", description="The collection to answer from (GET /v1/models lists them); 'rag' means 'default'. "
+        "Echoed back.",
+    )
     messages: list[ChatMessage] = Field(
         min_length=1, description="The conversation; the last user message with non-blank text is the question.",
         json_schema_extra={"contains": {
@@ -224,6 +241,16 @@ class ChatCompletionRequest(BaseModel):
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def collection(self) -> str:
+        """The collection ``model`` names ('rag', the name before collections, is the default one)."""
+        return DEFAULT_COLLECTION if self.model == "rag" else self.model
+
+    def history(self) -> list[Turn]:
+        """The user and assistant turns with text before the question, oldest first (what a follow-up refers to)."""
+        last = max(i for i, m in enumerate(self.messages) if m.role == "user" and m.text().strip())
+        return [Turn(m.role, m.text()) for m in self.messages[:last] if m.role in ("user", "assistant") and m.text().strip()]
+
 
 class Usage(BaseModel):
     prompt_tokens: int = 0
@@ -244,7 +271,17 @@ class RagInfo(BaseModel):
     answer: str
     abstained: bool
     reason: str | None = None
+    question: str | None = Field(
+        None, description="The question searched: the last user message, or its standalone rewrite when it was a "
+        "follow-up that needs the earlier turns ('Where was it exhibited?').",
+    )
+    rewrite: Literal["unchanged", "generator", "rules"] | None = Field(
+        None, description="How `question` came from the last user message (followup.mode).",
+    )
     quotes: list[QuoteOut] = Field(default_factory=list)
+    nearest: list[CitationOut] = Field(
+        default_factory=list, description="On an abstention, the nearest passages found (not sources); else empty."
+    )
     confidence: float | None = None
     support: float | None = None
     relevance: float | None = None
@@ -299,11 +336,12 @@ class ChatCompletionChunk(BaseModel):
     rag: RagInfo | None = None
 
 
-def rag_info(answer: Answer) -> RagInfo:
+def rag_info(answer: Answer, rewrite: Rewrite | None = None) -> RagInfo:
     return RagInfo(
         answer=answer.text, abstained=answer.abstained, reason=answer.reason,
-        quotes=[quote_out(q) for q in answer.quotes], confidence=answer.confidence, support=answer.support,
-        relevance=answer.relevance, timings=dict(answer.timings),
+        question=rewrite.question if rewrite else None, rewrite=rewrite.method if rewrite else None,
+        quotes=[quote_out(q) for q in answer.quotes], nearest=[citation_out(c) for c in answer.nearest],
+        confidence=answer.confidence, support=answer.support, relevance=answer.relevance, timings=dict(answer.timings),
     )
 
 
@@ -314,7 +352,8 @@ class DocumentOut(BaseModel):
     """A stored document."""
 
     document: str
-    collection: str = Field(description="'folder' (rag-ingest) or 'upload' (POST /v1/documents).")
+    collection: str = Field(description="The collection holding it.")
+    source: Literal["folder", "upload"] = Field(description="'folder' (rag-ingest) or 'upload' (POST /v1/documents).")
     pages: int
     chunks: int
     size_bytes: int
@@ -322,9 +361,10 @@ class DocumentOut(BaseModel):
     content_hash: str = Field(description="sha256 of the file bytes.")
 
     @classmethod
-    def from_record(cls, record: DocumentRecord) -> "DocumentOut":
+    def from_record(cls, record: DocumentRecord, collection: str = DEFAULT_COLLECTION) -> "DocumentOut":
         return cls(
-            document=record.path, collection=record.collection, pages=record.pages, chunks=record.chunks,
+            document=record.path, collection=collection, source=record.collection, pages=record.pages,
+            chunks=record.chunks,
             size_bytes=record.size_bytes, ingested_at=datetime.fromtimestamp(record.ingested_at, tz=timezone.utc),
             content_hash=record.content_hash,
         )
@@ -337,6 +377,37 @@ class UploadOut(BaseModel):
     pages: int
     chunks: int
     status: Literal["new", "changed", "unchanged"]
+
+
+class DeletedOut(BaseModel):
+    """A removed document."""
+
+    document: str
+    removed_chunks: int = Field(description="Chunks removed from the index with it.")
+
+
+class CollectionOut(BaseModel):
+    """A collection and its size."""
+
+    name: str
+    documents: int
+    chunks: int
+
+
+class ModelOut(BaseModel):
+    """OpenAI's model object: one per collection (the ``model`` of a chat completion names the collection)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "grounded-rag"
+
+
+class ModelList(BaseModel):
+    """OpenAI's model list (GET /v1/models)."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
 
 
 # ------------------------------------------------------------------------------------------------ health

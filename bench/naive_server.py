@@ -115,7 +115,8 @@ def create_naive_app(settings: "Settings", runtime: "Runtime") -> "FastAPI":
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.naive_server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 stopped normally; 2 bad arguments or no index at --index.")
     parser.add_argument("--index", type=Path, required=True, help="index folder (built by rag-ingest)")
     parser.add_argument("--port", type=int, default=8001, help="port on 127.0.0.1 (default 8001)")
     args = parser.parse_args(argv)

@@ -27,11 +27,19 @@ def mean_by_point(report: dict) -> dict[tuple[float, float], dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m evals.choose_thresholds", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 table printed; 2 bad arguments or a report without a sweep.",
+    )
     parser.add_argument("report", type=Path, help="report.json of a rag-eval --sweep run")
     parser.add_argument("--top", type=int, default=8, help="grid points to print")
     args = parser.parse_args(argv)
-    table = mean_by_point(json.loads(args.report.read_text()))
+    try:
+        table = mean_by_point(json.loads(args.report.read_text()))
+    except (OSError, ValueError) as exc:
+        print(f"choose_thresholds: error: cannot read {args.report}: {exc}", file=sys.stderr)
+        return 2
     if not table:
         print("no sweep in this report: run rag-eval with --sweep", file=sys.stderr)
         return 2

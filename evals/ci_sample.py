@@ -42,7 +42,9 @@ def ci_argv(set_dir: Path = CI_SET, extra: list[str] | None = None) -> list[str]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m evals.ci_sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m evals.ci_sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: rag-eval's (0 at or above the floor; 1 below it; 2 usage error or a missing set; "
+        "3 index; 4 model).",
     )
     parser.add_argument("--squad", type=Path, default=CI_SET, help=f"the squad2-dev set folder (default: {CI_SET})")
     args, extra = parser.parse_known_args(argv)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from rag.collections import CollectionNotFound, check_name, collection_overrides
 from rag.errors import EXIT_CODES, ExitCode, RagError, UsageError, error_message, exit_code
 from rag.settings import Settings
 from rag.types import IngestReport
@@ -24,6 +25,15 @@ examples:
   rag-ingest ~/reports --engine ray            parse, chunk and embed on a private Ray instance here
   rag-ingest /shared/reports --engine ray --ray-address auto --index /shared/index
                                                on the Ray cluster this machine belongs to (see README)
+  rag-ingest ~/contracts --collection legal    a collection of its own under the same --index root
+  rag-ingest --remove uploads/old.pdf          remove one document (its stored name, as GET /v1/documents
+                                               lists it) and its chunks; an upload's kept file goes too
+  rag-ingest --remove a.pdf --collection legal from another collection
+
+Collections: --index is the root; without --collection the root's own index (the collection 'default') is
+used, --collection NAME uses <index>/collections/NAME/ (created by the first ingest into it). Names: 1-64
+lower-case letters, digits, '_' or '-', starting with a letter or digit. A folder document removed with
+--remove comes back on the next ingest of its folder unless its file is gone from the folder too.
 
 A rerun only touches what changed: unchanged files (same content hash) are skipped, changed files are
 re-embedded, deleted files are removed. Settings come from RAG_* environment variables (see README).
@@ -35,8 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rag-ingest", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("docs_dir", type=Path, help="folder of PDFs (searched recursively)")
+    parser.add_argument("docs_dir", type=Path, nargs="?", help="folder of PDFs (searched recursively)")
     parser.add_argument("--index", type=Path, help="index folder (default: settings index.path, ./rag-index)")
+    parser.add_argument("--collection", metavar="NAME", default="default",
+                        help="the collection under --index to ingest into or remove from (default: 'default')")
+    parser.add_argument("--remove", metavar="DOCUMENT", action="append",
+                        help="remove this stored document instead of ingesting (repeatable); exit 2 when the "
+                        "collection has no such document, 3 when there is no such collection")
     parser.add_argument("--rebuild", action="store_true", help="re-embed every file, replacing the index atomically")
     parser.add_argument("--workers", type=int, help="parsing processes (default: one per core)")
     parser.add_argument("--engine", choices=["local", "ray"],
@@ -58,12 +73,27 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         settings = Settings().with_overrides(overrides(args))  # validated like RAG_* variables
-        if args.ray_address and settings.ingest.engine != "ray":
-            raise UsageError("--ray-address needs --engine ray (or RAG_INGEST__ENGINE=ray)")
-        report = run(settings, args.docs_dir, rebuild=args.rebuild, show_progress=not (args.quiet or args.json))
+        settings = settings.with_overrides(collection_overrides(settings, check_name(args.collection)))
+        if args.remove:
+            if args.docs_dir is not None or args.rebuild:
+                raise UsageError("--remove takes no DOCS_DIR and no --rebuild")
+            removed = remove(settings, args.remove)
+        else:
+            if args.docs_dir is None:
+                raise UsageError("give DOCS_DIR (the folder to ingest) or --remove DOCUMENT")
+            if args.ray_address and settings.ingest.engine != "ray":
+                raise UsageError("--ray-address needs --engine ray (or RAG_INGEST__ENGINE=ray)")
+            report = run(settings, args.docs_dir, rebuild=args.rebuild, show_progress=not (args.quiet or args.json))
     except (RagError, ValidationError) as exc:
         print(f"rag-ingest: error: {error_message(exc)}", file=sys.stderr)
         return exit_code(exc)
+    if args.remove:
+        if args.json:
+            print(json.dumps([{"document": d, "removed_chunks": n} for d, n in removed.items()], indent=2))
+        else:
+            for document, chunks in removed.items():
+                print(f"removed {document} ({chunks} chunks) from {settings.index.path}", file=sys.stderr)
+        return ExitCode.OK
     if args.json:
         print(json.dumps(report_dict(report, settings.index.path), indent=2))
     else:
@@ -103,6 +133,26 @@ def run(settings: Settings, docs_dir: Path, rebuild: bool = False, show_progress
     with Runtime(settings).start_ingest() as runtime:
         with tqdm(total=len(files), unit="file", desc="ingest", disable=not show_progress, file=sys.stderr) as bar:
             return runtime.documents.sync_folder(docs_dir, rebuild=rebuild, progress=bar.update)
+
+
+def remove(settings: Settings, documents: list[str]) -> dict[str, int]:
+    """Remove ``documents`` from the index named by settings; chunks removed per document. Every name is checked
+    before the first removal, so a typo removes nothing (DocumentNotFound); a missing index is IndexMissing."""
+    from rag.indexing.index import STORE_FILE
+    from rag.ingestion.documents import DocumentNotFound
+    from rag.runtime import Runtime
+
+    if not (settings.index.path / STORE_FILE).exists():  # never create an index only to find it empty
+        raise CollectionNotFound(f"no index at {settings.index.path}: nothing to remove")
+    with Runtime(settings).start_ingest() as runtime:  # loads no model: removing needs none
+        stored = {record.path for record in runtime.documents.list()}
+        unknown = [d for d in documents if d not in stored]
+        if unknown:
+            raise DocumentNotFound(
+                f"no document {', '.join(map(repr, unknown))} in the index at {settings.index.path}; it holds "
+                f"{len(stored)} documents (GET /v1/documents lists them)"
+            )
+        return {document: runtime.documents.remove(document) for document in dict.fromkeys(documents)}
 
 
 def report_dict(report: IngestReport, index_path: Path) -> dict:

@@ -173,14 +173,11 @@ class Runtime:
         self.documents = DocumentService(self.index, self.ingestor, uploads, self.settings.api.max_upload_mb)
 
     def _load_generator(self) -> None:
-        from rag.answering.generation import TransformersGenerator
-        from rag.answering.prompting import MARKER_WORDS
-        from rag.models import resolve_generator
+        from rag.answering.backends import build_generator
 
-        s = self.settings
-        self.llm = TransformersGenerator(
-            resolve_generator(s.models), select_device(s.models), s.generation, probe_words=MARKER_WORDS
-        ).load()
+        self.llm = build_generator(self.settings)  # generation.backend: in-process, or an OpenAI-compatible server
+        if callable(getattr(self.llm, "close", None)):
+            self._closers.append(self.llm.close)
         self._start_batcher()
 
     def _start_batcher(self) -> None:
@@ -224,6 +221,7 @@ def quiet_libraries() -> None:
     import bm25s  # noqa: F401 - imported first: it sets its own logger to DEBUG on import
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to an external generator otherwise
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

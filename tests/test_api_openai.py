@@ -64,7 +64,7 @@ def cites_page(citations: list[dict], document: str, page: int) -> bool:
 @pytest.mark.e2e
 def test_openai_client_non_streaming(client):
     completion = client.chat.completions.create(
-        model="grounded-rag",
+        model="rag",  # the name before collections: the default collection
         messages=[
             {"role": "system", "content": "You are helpful."},
             {"role": "user", "content": "Who were the Normans?"},
@@ -75,7 +75,7 @@ def test_openai_client_non_streaming(client):
         extra_body={"top_k": TOP_K},
     )
     assert completion.object == "chat.completion"
-    assert completion.model == "grounded-rag"
+    assert completion.model == "rag"
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].finish_reason == "stop"
     extra = completion.model_extra
@@ -91,12 +91,12 @@ def test_openai_client_non_streaming(client):
 @pytest.mark.e2e
 def test_openai_client_streaming(client):
     stream = client.chat.completions.create(
-        model="anything", messages=[{"role": "user", "content": QUESTION}], max_tokens=TOKENS, stream=True,
+        model="default", messages=[{"role": "user", "content": QUESTION}], max_tokens=TOKENS, stream=True,
         extra_body={"top_k": TOP_K},
     )
     chunks = list(stream)
     assert len(chunks) >= 3
-    assert all(c.object == "chat.completion.chunk" and c.model == "anything" for c in chunks)
+    assert all(c.object == "chat.completion.chunk" and c.model == "default" for c in chunks)
     assert len({c.id for c in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
     content = "".join(c.choices[0].delta.content or "" for c in chunks)

@@ -13,6 +13,7 @@ from api.deps import AnswersDep, ValidQuery
 from api.schemas import QueryResponse, TokenEvent
 from rag.answering.service import AnswerService
 from rag.answering.batching import GenerationTimeout, Overloaded
+from rag.answering.openai_generator import GeneratorUnavailable
 from rag.types import Answer
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ async def open_stream(answers: AnswerService, question: str, top_k: int | None, 
 
 def error_detail(exc: Exception) -> str:
     """What a client is told about a failure in the middle of a stream."""
-    if isinstance(exc, (Overloaded, GenerationTimeout)):
+    if isinstance(exc, (Overloaded, GenerationTimeout, GeneratorUnavailable)):
         return str(exc)
     log.error("streamed answer failed", exc_info=exc)
     return "internal error"

@@ -167,3 +167,19 @@ class Calibrator:
             "scale": list(self.scale), "coef": list(self.coef), "intercept": self.intercept,
             "threshold": self.threshold, "provenance": dict(self.provenance or {}),
         }
+
+
+# The features read from token log-probabilities: a backend that returns none cannot fill them.
+LOGPROB_FEATURES = ("probe_logit", "mean_logprob", "min_logprob")
+
+
+def without_logprobs(values: Mapping[str, float], calibrator: Calibrator | None) -> dict[str, float]:
+    """``values`` for a generation whose backend returned no log-probabilities: the log-probability features take
+    the calibrator's mean (a neutral term: neither for nor against the answer, where an empty list would read
+    as certainty), and ``logprobs_available`` = 0.0 says so in the answer's features."""
+    neutral = dict(zip(calibrator.names, calibrator.mean)) if calibrator is not None else {}
+    marked = dict(values)
+    for name in LOGPROB_FEATURES:
+        marked[name] = float(neutral.get(name, 0.0))
+    marked["logprobs_available"] = 0.0
+    return marked

@@ -53,6 +53,9 @@ class GenerationResult:
     # backend cannot tell.
     token_logprobs: tuple[float, ...] = ()
     probe_probability: float | None = None
+    # False when the backend returned no log-probabilities at all (an external server that ignores the request):
+    # the features built from them are then marked unavailable rather than read as certain.
+    logprobs_available: bool = True
 
 
 class Generator(Protocol):
@@ -128,6 +131,21 @@ class TransformersGenerator:
     def loaded(self) -> bool:
         """Whether ``load()`` has run."""
         return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        """The loaded transformers model (for tools that decode themselves, e.g. bench.openai_server)."""
+        return self._loaded_model()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer."""
+        return self._loaded_tokenizer()
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a reply (EOS and the chat template's end of turn)."""
+        return list(self._stop_ids)
 
     # ------------------------------------------------------------------ text helpers
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, features
+from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, features, without_logprobs
 from rag.answering.evidence import Evidence, score_sentences, select_evidence, sentences_of
 from rag.answering.prompting import (
     ABSTAIN_TEXT, REPLY_PREFIX, AnswerStream, answer_form, answer_text, build_quote_messages, cited_numbers,
@@ -127,6 +127,8 @@ class AnswerService:
             probe_probability=result.probe_probability,
         )
         values = features(question, form, passages, evidence, generated, used)
+        if not result.logprobs_available:  # an external server that sent none: neutral values, marked as such
+            values = without_logprobs(values, self.calibrator)
         confidence = None if self.calibrator is None else self.calibrator.confidence(values)
         support = lexical_support_text(text, " ".join(q.text for q in used), question) if used else 0.0
         scores = dict(support=support, confidence=confidence, form=form, features=values)

@@ -60,7 +60,8 @@ class OursPipeline:
 
 
 class HttpPipeline:
-    """The service over HTTP: POST {url}/v1/query. Its retrieved list is the answer's citations.
+    """The service over HTTP: POST {url}/v1/query. Its retrieved list is the answer's citations (an abstention's
+    nearest passages).
 
     The server answers from its own index: ingest the set's docs/ into it first (``rag-ingest``).
     """
@@ -91,7 +92,8 @@ class HttpPipeline:
         if response.is_error:
             raise RuntimeError(f"POST {self.url}/v1/query: HTTP {response.status_code}: {response.text[:300]}")
         answer = answer_from_json(response.json())
-        return answer, [(c.document, c.page_start, c.page_end) for c in answer.citations]
+        # an abstention's passages are its nearest ones (citations are empty then)
+        return answer, [(c.document, c.page_start, c.page_end) for c in answer.citations + answer.nearest]
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -99,15 +101,18 @@ class HttpPipeline:
 
 def answer_from_json(data: dict[str, Any]) -> Answer:
     """An ``Answer`` from a /v1/query response body."""
-    citations = tuple(
-        Citation(
-            document=c["document"], page_start=int(c["pages"][0]), page_end=int(c["pages"][1]),
-            snippet=c.get("snippet", ""), score=float(c.get("score", 0.0)), chunk_id=int(c.get("chunk_id", -1)),
+    def citations(field: str) -> tuple[Citation, ...]:
+        return tuple(
+            Citation(
+                document=c["document"], page_start=int(c["pages"][0]), page_end=int(c["pages"][1]),
+                snippet=c.get("snippet", ""), score=float(c.get("score", 0.0)), chunk_id=int(c.get("chunk_id", -1)),
+            )
+            for c in data.get(field) or []
         )
-        for c in data.get("citations", [])
-    )
+
     return Answer(
-        text=data["answer"], abstained=bool(data["abstained"]), citations=citations,
+        text=data["answer"], abstained=bool(data["abstained"]), citations=citations("citations"),
+        nearest=citations("nearest"),
         timings=dict(data.get("timings") or {}), reason=data.get("reason"), support=data.get("support"),
         relevance=data.get("relevance"), confidence=data.get("confidence"), form=data.get("form"),
         quotes=tuple(

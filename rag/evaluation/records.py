@@ -55,6 +55,7 @@ class QuestionRecord:
     form: str | None = None
     features: dict[str, float] = field(default_factory=dict)  # confidence features, for fitting the calibrator
     quotes: tuple[dict[str, Any], ...] = ()
+    nearest: tuple[dict[str, Any], ...] = ()  # an abstention's nearest passages (its citations are empty)
 
     @property
     def failed(self) -> bool:
@@ -72,13 +73,14 @@ class QuestionRecord:
                 text=self.answer, abstained=self.abstained, citations=tuple(Citation(**c) for c in self.citations),
                 reason=self.reason, support=self.support, relevance=self.relevance, draft=self.draft,
                 confidence=self.confidence, form=self.form, features=dict(self.features),
-                quotes=tuple(Quote(**q) for q in self.quotes),
+                quotes=tuple(Quote(**q) for q in self.quotes), nearest=tuple(Citation(**c) for c in self.nearest),
             )
         return Prediction(id=self.id, answer=answer, retrieved=self.retrieved, latency_s=self.latency_s)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["citations"] = [dict(c) for c in self.citations]
+        data["nearest"] = [dict(c) for c in self.nearest]
         data["quotes"] = [dict(q) for q in self.quotes]
         data["retrieved"] = [list(r) for r in self.retrieved]
         return data
@@ -89,6 +91,7 @@ class QuestionRecord:
             **{
                 **data,
                 "citations": tuple(dict(c) for c in data["citations"]),
+                "nearest": tuple(dict(c) for c in data.get("nearest", ())),
                 "quotes": tuple(dict(q) for q in data.get("quotes", ())),
                 "retrieved": tuple((str(d), int(s), int(e)) for d, s, e in data["retrieved"]),
             }
@@ -98,9 +101,11 @@ class QuestionRecord:
 def make_record(item: QAItem, pred: Prediction, score: QuestionScore, error: str | None = None) -> QuestionRecord:
     """The record of one scored prediction."""
     answer = pred.answer
-    citations = () if answer is None else tuple(
-        {**asdict(c), "snippet": c.snippet[:SNIPPET_CHARS]} for c in answer.citations
-    )
+
+    def cited(citations: tuple[Citation, ...]) -> tuple[dict[str, Any], ...]:
+        return tuple({**asdict(c), "snippet": c.snippet[:SNIPPET_CHARS]} for c in citations)
+
+    citations = () if answer is None else cited(answer.citations)
     verdict = asdict(score)
     for key in ("id", "answerable", "latency_s"):  # already fields of the record
         verdict.pop(key)
@@ -118,6 +123,7 @@ def make_record(item: QAItem, pred: Prediction, score: QuestionScore, error: str
         form=None if answer is None else answer.form,
         features={} if answer is None else dict(answer.features),
         quotes=() if answer is None else tuple(asdict(q) for q in answer.quotes),
+        nearest=() if answer is None else cited(answer.nearest),
     )
 
 

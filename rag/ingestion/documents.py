@@ -4,6 +4,8 @@
     documents.sync_folder(Path("samples/docs"))          # what rag-ingest does
     documents.upload(stream, "report.pdf")                # what POST /v1/documents does
     documents.list(), documents.counts()
+    documents.remove("uploads/report.pdf")                # what DELETE /v1/documents/{document} does
+    documents.file_path("Normans.pdf")                    # the stored PDF, for GET /v1/documents/{document}/file
 
 Every write holds the index's write lock (``DocumentIndex.writing``) for the whole change, so other
 processes see the index before or after it, never halfway.
@@ -24,7 +26,7 @@ from typing import BinaryIO
 from rag.errors import RagError
 from rag.indexing.index import DocumentIndex
 from rag.indexing.store import DocumentRecord
-from rag.ingestion.ingestor import UPLOAD_PREFIX, Ingestor
+from rag.ingestion.ingestor import UPLOAD, UPLOAD_PREFIX, Ingestor
 from rag.types import IngestReport
 
 MB = 1024 * 1024
@@ -45,6 +47,14 @@ class UnsafeName(UploadRejected):
 
 class TooLarge(UploadRejected):
     """The file is larger than the upload limit."""
+
+
+class DocumentNotFound(RagError):
+    """No stored document of that name, or its file is no longer on disk; the message says which."""
+
+
+# Store meta key: the folder the last sync_folder read, so a folder document's PDF can be found again.
+FOLDER_META = "docs_dir"
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,50 @@ class DocumentService:
         """Make the index's folder collection match ``docs_dir`` (``Ingestor.sync_folder``); IndexBusy when
         another process is writing."""
         with self.index.writing():
-            return self.ingestor.sync_folder(self.index, docs_dir, rebuild=rebuild, progress=progress)
+            report = self.ingestor.sync_folder(self.index, docs_dir, rebuild=rebuild, progress=progress)
+            with self.index.store.transaction():
+                self.index.store.set_meta(FOLDER_META, str(Path(docs_dir).resolve()))
+            return report
+
+    def remove(self, document: str) -> int:
+        """Remove one stored document: its chunks from the store and the FAISS file (one atomic commit, like
+        every change), then its kept file when it is an upload. Returns the number of chunks removed; raises
+        DocumentNotFound for an unknown name. A folder document's PDF is left in its folder (rag-ingest would
+        index it again on the next sync of that folder)."""
+        with self._upload_lock, self.index.writing(wait=True):
+            record = self.index.store.documents().get(document)
+            profile = self.index.profile
+            if record is None or profile is None:
+                raise DocumentNotFound(f"no document {document!r} in the index at {self.index.path}")
+            removed, _ = self.index.apply(profile, remove=[document], add=[])
+            # After the commit: a kill in between leaves an unreferenced file (ignored by --rebuild, replaced by
+            # the next upload of that name), never an indexed upload whose file is gone.
+            if record.collection == UPLOAD:
+                (self.upload_dir / document.removeprefix(UPLOAD_PREFIX)).unlink(missing_ok=True)
+        return removed
+
+    def file_path(self, document: str) -> Path:
+        """The PDF a stored document was read from: an upload's kept file, or a folder document's file in the
+        folder last synced. DocumentNotFound when the name is unknown or the file is gone."""
+        record = self.index.store.documents().get(document)
+        if record is None:
+            raise DocumentNotFound(f"no document {document!r} in the index at {self.index.path}")
+        if record.collection == UPLOAD:
+            folder = self.upload_dir.resolve()
+            path = (folder / document.removeprefix(UPLOAD_PREFIX)).resolve()
+        else:
+            recorded = self.index.store.get_meta(FOLDER_META)
+            if recorded is None:
+                raise DocumentNotFound(
+                    f"{document!r} is indexed, but the folder it was ingested from is not recorded (indexed by an "
+                    "earlier version): run rag-ingest on that folder again"
+                )
+            folder = Path(recorded)
+            path = (folder / document).resolve()
+        # resolve() follows links and '..': the file must still lie inside the folder it was indexed from
+        if not path.is_relative_to(folder) or not path.is_file():
+            raise DocumentNotFound(f"the file of {document!r} is no longer at {folder / document}")
+        return path
 
     def upload(self, stream: BinaryIO, filename: str | None, size: int | None = None) -> Upload:
         """Ingest the PDF read from ``stream`` as ``uploads/<file name>``, replacing an upload of that name.
