@@ -51,7 +51,10 @@ def get_model(model: str, collections: CollectionsDep) -> ModelOut:
 async def chat_completions(body: ValidChat, answers: AnswersDep):
     """OpenAI-compatible chat completion over the indexed documents (``stream`` supported)."""
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    rewrite = await FollowupRewriter.for_answers(answers).rewrite(body.question, body.history())
+    history = body.history()
+    # A single message has nothing to refer back to: searched as it is, without building a rewriter.
+    rewrite = (await FollowupRewriter.for_answers(answers).rewrite(body.question, history) if history
+               else Rewrite(body.question, body.question, "unchanged"))
     if not body.stream:
         answer = await answers.answer(rewrite.question, body.top_k, body.max_new_tokens)
         return ChatCompletionResponse(
