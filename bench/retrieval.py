@@ -53,10 +53,9 @@ def measure(retriever, items, top: int = 10) -> dict[str, float]:
     ranks: list[int | None] = []
     gold_in_top5: list[int] = []
     pointed = pointed_right = 0
-    focus = getattr(retriever, "_focus", None) if retriever.settings.focus else None
     for item in items:
-        if focus is not None:
-            named = focus.resolve(item.question)
+        if retriever.settings.focus:
+            named = retriever.focus_documents(item.question)
             pointed += bool(named)
             pointed_right += any(same_document(d, item.doc) for d in named)
         passages = retriever.retrieve(item.question, top)

@@ -73,8 +73,8 @@ class DocumentFocus:
 
     def __init__(self, first_pages: Mapping[str, str]):
         """``first_pages``: document name -> text of its first page (the head is used)."""
-        self._profiles = {doc: name_tokens(doc) | names_in(text[:HEAD_CHARS]) for doc, text in first_pages.items()}
         self._names = {doc: name_tokens(doc) for doc in first_pages}
+        self._profiles = {doc: self._names[doc] | names_in(text[:HEAD_CHARS]) for doc, text in first_pages.items()}
         self._dates = {doc: latest_date(text[:HEAD_CHARS]) for doc, text in first_pages.items()}
         n = len(self._profiles)
         df = Counter(t for tokens in self._profiles.values() for t in tokens)
@@ -82,9 +82,11 @@ class DocumentFocus:
         self._idf = {
             t: math.log(1.0 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items() if f <= MAX_DOCUMENT_SHARE * n
         }
-
-    def __len__(self) -> int:
-        return len(self._profiles)
+        # Each file name's token weights and their total, fixed for the index: not rebuilt per question.
+        self._name_weights = {
+            doc: {t: self._idf.get(t, 0.0) for t in names if t not in STOPWORDS} for doc, names in self._names.items()
+        }
+        self._name_totals = {doc: sum(weights.values()) for doc, weights in self._name_weights.items()}
 
     def scores(self, question: str) -> dict[str, float]:
         """Summed idf of the distinctive profile tokens each document shares with the question (0 omitted)."""
@@ -94,16 +96,15 @@ class DocumentFocus:
             score = sum(self._idf[t] for t in asked & tokens - self._names[doc])
             # The file name is how people name a document, but only as a whole: "get out" does not name
             # "Can't Get You Out of My Head". Its tokens count when the question holds half of its weight.
-            name = {t: self._idf.get(t, 0.0) for t in self._names[doc] if t not in STOPWORDS}
-            held = sum(w for t, w in name.items() if t in asked)
-            if held and held >= MIN_NAME_SHARE * sum(name.values()):
+            held = sum(w for t, w in self._name_weights[doc].items() if t in asked)
+            if held and held >= MIN_NAME_SHARE * self._name_totals[doc]:
                 score += NAME_WEIGHT * held
             if score > 0:
                 out[doc] = score
         return out
 
     def resolve(self, question: str) -> tuple[str, ...]:
-        """The documents the question points at (best first; empty when it points at none)."""
+        """The documents the question points at (the tied best, by name; empty when it points at none)."""
         scores = self.scores(question)
         best = max(scores.values(), default=0.0)
         if best <= 0 or best < MIN_SCORE_SHARE * self._idf_ceiling:

@@ -123,11 +123,14 @@ class HybridRetriever:
             for cid, score in ranked if cid in chunks
         ]
 
+    def focus_documents(self, question: str) -> tuple[str, ...]:
+        """The documents ``question`` points at by name (rag.answering.focus); empty before ``load``."""
+        return self._focus.resolve(question) if self._focus is not None else ()
+
     def _focus_rankings(self, question: str, query: np.ndarray, lexical: LexicalIndex, n: int) -> list[list[int]]:
         """The dense and BM25 rankings restricted to the documents the question points at, fused into one
         (none: no ranking)."""
-        documents = self._focus.resolve(question) if self._focus is not None else ()
-        ids = [cid for doc in documents for cid in self._chunks_of.get(doc, ())]
+        ids = [cid for doc in self.focus_documents(question) for cid in self._chunks_of.get(doc, ())]
         if not ids:
             return []
         vectors = self.index.store.vectors_by_ids(ids, query.shape[0])
