@@ -170,19 +170,25 @@ def test_a_server_without_logprobs_is_answered_and_marked(runtime, server_withou
     assert answer.confidence is not None and 0.0 <= answer.confidence <= 1.0
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_a_dead_server_is_a_502_not_a_500(runtime, stream):
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nobody listens there
-    settings = remote_settings(runtime, url, connect_timeout_s=2)
+def query_over(runtime, settings, stream: bool):
+    """POST /v1/query to an app whose answers generate through ``settings``' server; the response and seconds."""
     with service_over(runtime, settings) as answers:
         app = create_app(settings, runtime=runtime)
         app.dependency_overrides[get_answers] = lambda: answers
         with TestClient(app) as client:
             started = time.monotonic()
             response = client.post("/v1/query", json={"question": ANSWERABLE[0], "top_k": TOP_K, "stream": stream})
+            return response, time.monotonic() - started
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_dead_server_is_a_502_not_a_500(runtime, stream):
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nobody listens there
+    settings = remote_settings(runtime, url, connect_timeout_s=2)
+    response, elapsed = query_over(runtime, settings, stream)
     assert response.status_code == 502, response.text
     assert url in response.json()["detail"]
-    assert time.monotonic() - started < 30
+    assert elapsed < 30
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -193,13 +199,7 @@ def test_a_silent_server_is_a_504_not_a_hang(runtime, stream):
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
     settings = remote_settings(runtime, url, read_timeout_s=1.5)
     try:
-        with service_over(runtime, settings) as answers:
-            app = create_app(settings, runtime=runtime)
-            app.dependency_overrides[get_answers] = lambda: answers
-            with TestClient(app) as client:
-                started = time.monotonic()
-                response = client.post("/v1/query", json={"question": ANSWERABLE[0], "top_k": TOP_K, "stream": stream})
-                elapsed = time.monotonic() - started
+        response, elapsed = query_over(runtime, settings, stream)
     finally:
         listener.close()
     assert response.status_code == 504, response.text
