@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rag.answering.prompting import present
+from rag.answering.prompting import present, short_span
+from rag.answering.verification import restates_question
 from rag.evaluation.dataset import QAItem, load_set
 from rag.evaluation.metrics import Prediction, score_question
 from rag.types import Answer, Citation, Quote
@@ -62,10 +63,16 @@ def labeled(record: dict[str, Any], item: QAItem | None = None) -> Labeled | Non
     if record.get("error") or not record.get("features"):
         return None
     answered = not record["abstained"]
+    form = record.get("form") or "short"
+    if answered and form == "short" and restates_question(short_span(record["answer"], record["question"]),
+                                                          record["question"]):
+        # The service now declines such a span (``restates_question``); a run recorded before that gave it.
+        # A keyword-style question's record holds the presented quote, not the span: not caught here.
+        answered = False
     grounded = answered and bool(record["score"].get("grounded"))
     if answered and item is not None:
         quotes = tuple(Quote(**q) for q in record.get("quotes", ()))
-        text = present(record["question"], record.get("form") or "short", record["answer"], quotes)
+        text = present(record["question"], form, record["answer"], quotes)
         citations = tuple(Citation(**c) for c in record["citations"])
         answer = Answer(text=text, abstained=False, citations=citations)
         grounded = score_question(item, Prediction(item.id, answer, (), 0.0)).grounded

@@ -102,6 +102,19 @@ def test_fit_learns_the_informative_feature_and_cross_set_scores_held_out_sets()
         assert h.interval[0] <= h.outcome.grounded_accuracy <= h.interval[1]
 
 
+def test_every_set_weighs_the_same_in_the_fit() -> None:
+    """A large set where the feature says nothing must not drown a small one where it says everything."""
+    from rag.evaluation.calibration import fit
+
+    rng = random.Random(3)
+    noisy = [Labeled("big", f"b{i}", {"x": rng.gauss(0, 1)}, True, rng.random() < 0.5, True) for i in range(900)]
+    clear = [Labeled("small", f"s{i}", {"x": (1.0 if i % 2 else -1.0) + rng.gauss(0, 0.3)}, True, bool(i % 2), True)
+             for i in range(100)]
+    _, _, coef, _ = fit(noisy + clear, ["x"])
+    # unweighted, the 900 noisy rows hold the slope near 0.1; weighted, the clear set counts for half
+    assert coef[0] > 1.0
+
+
 def test_held_out_questions_scores_every_question_once_with_a_model_that_did_not_see_it() -> None:
     rows = _synthetic("a", 200, 5) + _synthetic("b", 200, 6, shift=0.3)
     folded = held_out_questions(rows, ["x", "noise"], folds=5)
@@ -141,3 +154,35 @@ def test_the_shipped_calibrator_loads_and_says_how_it_was_made() -> None:
     model = Calibrator.load(DEFAULT_CALIBRATOR)
     assert model.provenance and "evals.calibrate" in str(model.provenance["command"])
     assert 0.0 < model.threshold < 1.0 and len(model.names) == len(model.coef)
+
+
+class _ScriptedBatcher:
+    """The generator's reply fixed, so the test is about what the service does with it."""
+
+    def __init__(self, reply: str):
+        self.reply = reply
+
+    def check_admission(self, timeout_s: float) -> None:
+        pass
+
+    async def stream(self, prompt, max_new_tokens, timeout_s=None):
+        from rag.answering.generation import GenerationResult
+
+        yield GenerationResult(self.reply, len(prompt), 4, "stop", token_logprobs=(-0.1, -0.1), probe_probability=0.1)
+
+
+def test_a_span_repeating_the_question_abstains_with_its_reason(runtime) -> None:
+    """Real retrieval and evidence over the small index; the generator's span only repeats the question."""
+    import asyncio
+
+    from rag.answering.service import AnswerService
+
+    def ask(reply: str):
+        service = AnswerService(runtime.retriever, runtime.llm, _ScriptedBatcher(reply), runtime.settings,
+                                calibrator=None)
+        return asyncio.run(service.answer("Who notably improved the Savery water pump?"))
+
+    echoed = ask("Answer: Savery\nSource: [1]")
+    assert echoed.abstained and "repeats the question" in echoed.reason and echoed.draft == "Savery"
+    answered = ask("Answer: Bento de Moura Portugal\nSource: [1]")
+    assert not answered.abstained and answered.text == "Bento de Moura Portugal"

@@ -72,6 +72,16 @@ def test_lexical_support_and_attribution():
     assert lexical_support("William led the Normans", [P1], question="Who led the Normans?") == 1.0
 
 
+def test_a_span_that_restates_the_question_is_no_answer():
+    from rag.answering.verification import restates_question
+
+    assert restates_question("Savery", "Who notably improved the Savery water pump?")
+    assert restates_question("the Rankine cycle", "Where does heat rejection occur in the Rankine cycle?")
+    assert restates_question("Innate cells", "What cells are the second arm of the innate immune system?")
+    assert not restates_question("Bento de Moura Portugal", "Who notably improved the Savery water pump?")
+    assert not restates_question("1066", "When did the Normans reach Hastings?")
+
+
 def test_citation_snippet_shows_the_answer():
     from rag.answering.service import SNIPPET_CHARS, snippet
 
@@ -94,6 +104,12 @@ def test_citation_snippet_shows_the_answer():
         ("Describe the Norman conquest of England.", "long"),
         ("What was the gross margin for Apple in the latest 10-Q report?", "long"),  # a report's figure
         ("What was Intel's revenue in Q2 2023?", "long"),
+        # a quantity, however long the question: a span (these got sentences, and failed the span metric)
+        ("How far from state house in downtown Boston is Harvard Yard?", "short"),
+        ("How much turbine power is consumed by the pump while the work fluid is condensed?", "short"),
+        ("Between 1978 and 2008 four year full time undergraduate students were required to complete how many "
+         "classes outside of their concentration?", "short"),
+        ("How did the embargo change prices, and how much did they rise?", "long"),  # explanatory first
     ],
 )
 def test_answer_form_follows_the_question(question: str, form: str) -> None:

@@ -42,6 +42,9 @@ _EXPLANATORY = re.compile(
     re.IGNORECASE,
 )
 _LONG_QUESTION_WORDS = 18
+# "How many / how much / how far ..." asks for a quantity, however long the question ("Between 1978 and 2008,
+# students were required to complete how many classes outside their concentration?"): a span, not sentences.
+_QUANTITY = re.compile(r"\bhow\s+(many|much|long|old|far|big|tall|large|often|high|deep|wide|fast)\b", re.IGNORECASE)
 # A question about a report or a reporting period ("in the latest 10-Q", "for Q2 2023", "fiscal 2022"): its figure
 # means little without the sentence that says what it measures and for which period.
 _REPORT_QUESTION = re.compile(
@@ -56,6 +59,8 @@ def answer_form(question: str) -> AnswerForm:
     questions about a report's figures; "short" for factoid ones (who, when, where, which, how many, what is X)."""
     if _EXPLANATORY.search(question) or _REPORT_QUESTION.search(question):
         return "long"
+    if _QUANTITY.search(question):
+        return "short"
     if re.search(r"\b(how|why)\b", question, re.IGNORECASE) and len(question.split()) >= 10:
         return "long"
     return "long" if len(question.split()) >= _LONG_QUESTION_WORDS else "short"

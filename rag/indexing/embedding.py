@@ -12,7 +12,7 @@ class Embedder(Protocol):
 
     dim: int
 
-    def embed_documents(self, texts: list[str]) -> np.ndarray: ...
+    def embed_documents(self, texts: list[str], batch_size: int | None = None) -> np.ndarray: ...
 
     def embed_query(self, text: str) -> np.ndarray: ...
 
@@ -69,21 +69,22 @@ class SentenceTransformerEmbedder:
         """The loaded ``SentenceTransformer``."""
         return self._loaded()
 
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dim) float32, unit length; with the model's document prompt, if it has one."""
-        return self._encode(texts, "document")
+    def embed_documents(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """(len(texts), dim) float32, unit length; with the model's document prompt, if it has one.
+        ``batch_size`` overrides the configured one (a few short texts embed faster in small batches)."""
+        return self._encode(texts, "document", batch_size)
 
     def embed_query(self, text: str) -> np.ndarray:
         """(dim,) float32, unit length; with the model's query prompt, if it has one."""
         return self._encode([text], "query")[0]
 
-    def _encode(self, texts: list[str], role: str) -> np.ndarray:
+    def _encode(self, texts: list[str], role: str, batch_size: int | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self._loaded()
         encode = getattr(model, f"encode_{role}", model.encode)  # encode_query/encode_document: prompts, if any
         vectors = encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            texts, batch_size=batch_size or self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
             show_progress_bar=False,
         )  # (len(texts), dim)
         return np.ascontiguousarray(vectors, dtype=np.float32)
