@@ -122,14 +122,6 @@ def get_documents(collections: CollectionsDep, collection: CollectionQuery) -> D
 DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
 
 
-def get_upload_documents(collections: CollectionsDep, collection: CollectionQuery) -> DocumentService:
-    """The documents of the ``?collection=``, created empty when it does not exist yet (an upload creates it)."""
-    return open_collection(collections, collection, create=True).documents
-
-
-UploadDocumentsDep = Annotated[DocumentService, Depends(get_upload_documents)]
-
-
 def require_api_key(
     request: Request, settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -166,8 +158,11 @@ ValidQuery = Annotated[QueryRequest, Depends(valid_query)]
 def valid_chat(body: ChatCompletionRequest, settings: SettingsDep, request: Request) -> ChatCompletionRequest:
     """The request body, also checked against the limits in settings; the collection its ``model`` names is
     kept for ``get_answers``."""
-    tokens_field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    check_limits(settings, body.question, body.max_new_tokens, ("body", "messages"), ("body", tokens_field))
+    # Both caps are checked, not only the one that applies (max_completion_tokens wins): the schema bounds both.
+    check_limits(
+        settings, body.question, body.max_completion_tokens, ("body", "messages"), ("body", "max_completion_tokens"),
+        more_tokens={("body", "max_tokens"): body.max_tokens},
+    )
     request.state.collection = body.collection
     return body
 

@@ -163,6 +163,13 @@ class ErrorOut(BaseModel):
     detail: Any
 
 
+# A request body that cannot be read at all (JSON that is not UTF-8, a broken multipart form): FastAPI answers 400
+# before validation; a body that parses but is not what the schema says is a 422.
+BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body could not be parsed (not UTF-8, or a broken multipart form)."},
+}
+
+
 # ----------------------------------------------------------------------------- /v1/chat/completions
 
 
@@ -429,8 +436,12 @@ class Readiness(BaseModel):
 def check_limits(
     settings: Settings, question: str, max_new_tokens: int | None,
     question_loc: tuple[str, ...] = ("body", "question"), tokens_loc: tuple[str, ...] = ("body", "max_new_tokens"),
+    more_tokens: dict[tuple[str, ...], int | None] | None = None,
 ) -> None:
-    """422 (FastAPI's validation format) for the limits that come from settings rather than the schema."""
+    """422 (FastAPI's validation format) for the limits that come from settings rather than the schema.
+
+    ``more_tokens`` are other token caps of the request, each checked against the same ceiling (the chat
+    request has two, ``max_tokens`` and ``max_completion_tokens``, and the schema bounds both, whichever is used)."""
     errors: list[dict[str, Any]] = []
     limit = settings.api.max_question_chars
     if len(question) > limit:
@@ -440,11 +451,12 @@ def check_limits(
             "ctx": {"max_length": limit},
         })
     ceiling = settings.generation.max_new_tokens_limit
-    if max_new_tokens is not None and max_new_tokens > ceiling:
-        errors.append({
-            "type": "less_than_equal", "loc": tokens_loc,
-            "msg": f"Input should be less than or equal to {ceiling} (generation.max_new_tokens_limit)",
-            "input": max_new_tokens, "ctx": {"le": ceiling},
-        })
+    for loc, tokens in {tokens_loc: max_new_tokens, **(more_tokens or {})}.items():
+        if tokens is not None and tokens > ceiling:
+            errors.append({
+                "type": "less_than_equal", "loc": loc,
+                "msg": f"Input should be less than or equal to {ceiling} (generation.max_new_tokens_limit)",
+                "input": tokens, "ctx": {"le": ceiling},
+            })
     if errors:
         raise RequestValidationError(errors)

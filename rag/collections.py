@@ -17,6 +17,7 @@ collection unchanged. The command-line tools reach a collection through ``collec
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,29 @@ class Collections:
                 opened = self.runtime.derive(collection_overrides(self.runtime.settings, name))
                 self._open[name] = opened
             return opened
+
+    def discard_if_empty(self, name: str) -> bool:
+        """Remove collection ``name`` (closed, its folder deleted) when it holds no document and nobody writes to
+        it: what an upload that created the collection and was then refused leaves behind. Never the default
+        collection; False when nothing was removed."""
+        from rag.indexing.index import IndexBusy
+
+        if name == DEFAULT_COLLECTION:
+            return False
+        with self._lock:
+            opened = self._open.get(name)
+            if opened is None:
+                return False
+            try:
+                with opened.index.writing():  # not while another upload writes to it
+                    if opened.documents.counts()[0] or not opened.index.is_empty():
+                        return False
+                    del self._open[name]
+            except IndexBusy:
+                return False
+            opened.close()
+            shutil.rmtree(collection_path(self.root, name), ignore_errors=True)
+        return True
 
     def counts(self, name: str) -> tuple[int, int]:
         """(documents, chunks) of collection ``name``; CollectionNotFound when there is none."""

@@ -77,6 +77,15 @@ def test_openapi_declares_what_the_service_answers_and_the_settings_limits(clien
     assert chat["messages"]["contains"]["properties"]["role"] == {"const": "user"}
 
 
+def test_openapi_declares_400_for_a_body_that_cannot_be_parsed(client):
+    schema = client.get("/openapi.json").json()
+    for path in ("/v1/query", "/v1/chat/completions", "/v1/documents"):
+        assert "400" in schema["paths"][path]["post"]["responses"], path
+    for path in ("/v1/query", "/v1/chat/completions"):  # JSON that is not UTF-8: FastAPI's 400, as declared
+        response = client.post(path, content=b'{"question": "\xff\xfe"}', headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+
+
 def test_integral_numbers_are_integers_and_fractions_are_not():
     assert QueryRequest.model_validate({"question": "q", "top_k": 37.0, "max_new_tokens": 8.0}).top_k == 37
     for bad in (2.5, "5", True):

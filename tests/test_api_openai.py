@@ -143,6 +143,9 @@ def test_openai_client_with_api_key(runtime):
         {"model": "x", "messages": [{"role": "user", "content": "x" * 5000}]},
         {"model": 7, "messages": [{"role": "user", "content": "hi"}]},
         {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"},
+        # both caps are bounded by the schema, not only the one that applies (max_completion_tokens wins)
+        {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1,
+         "max_tokens": 10**6},
     ],
 )
 def test_bad_chat_requests_are_422(runtime, body):

@@ -24,6 +24,7 @@ from tests.test_ingest_kill import alive, descendants, fingerprint, generation, 
 pytestmark = pytest.mark.slow
 
 SCHEMATHESIS_EXAMPLES = int(os.environ.get("RAG_CAMPAIGN_EXAMPLES", "25"))  # per operation
+SCHEMATHESIS_SEED = os.environ.get("RAG_CAMPAIGN_SEED", "11")
 KILLS = int(os.environ.get("RAG_CAMPAIGN_KILLS", "20"))
 COMMIT_WAIT_S = 300.0  # longest wait for a commit before a kill meant to land after one
 
@@ -50,8 +51,9 @@ def test_schemathesis_finds_no_server_error_and_no_conformance_failure(runtime, 
     try:
         with served(create_app(settings, runtime=rt)) as port:
             run = subprocess.run(
-                [sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{port}/openapi.json",
-                 "--checks", "all", "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--seed", "11",
+                [sys.executable, "-m", "schemathesis.cli", "--config-file", str(REPO / "schemathesis.toml"),
+                 "run", f"http://127.0.0.1:{port}/openapi.json",
+                 "--checks", "all", "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--seed", SCHEMATHESIS_SEED,
                  "--request-timeout", "180", "--workers", "1", "--suppress-health-check", "all"],
                 cwd=tmp_path, capture_output=True, text=True, timeout=3000,
             )
@@ -61,25 +63,38 @@ def test_schemathesis_finds_no_server_error_and_no_conformance_failure(runtime, 
     assert run.returncode == 0, f"see {tmp_path / 'schemathesis.txt'}\n" + run.stdout[-6000:] + run.stderr[-2000:]
 
 
-def test_random_kills_of_a_pooled_ingest_lose_nothing_and_leave_no_process(tmp_path, embedder):
-    """KILLS SIGKILLs at random moments (parsing, embedding, right after commits: checkpoint every batch),
-    each followed by a check that the index loads, holds no foreign or duplicate chunk, and that no worker or
-    resource tracker outlives the ingest; a final rerun converges on the uninterrupted result."""
-    docs = tmp_path / "docs"
+def kill_corpus(docs: Path) -> None:
+    """Two large filings (over 4 MiB with the rest: the parallel pool is used) and many small articles.
+
+    With the child's checkpoint after every embedding group of at least 8 chunks (RAG_INGEST__EMBED_BATCH_SIZE=2),
+    the small articles make dozens of commits, so a campaign of KILLS kills ends before the interrupted ingest does
+    (each rerun resumes from the last commit; with only six small articles one run stopped at 11 kills)."""
     docs.mkdir()
-    # Over 4 MiB in all (the parallel pool is used) plus small articles (several commits).
     shutil.copy(eval_set("sec10q-dev") / "docs" / "2023 Q1 AAPL.pdf", docs / "aapl.pdf")
     shutil.copy(eval_set("sec10q-dev") / "docs" / "2022 Q3 INTC.pdf", docs / "intc.pdf")
-    for name in ("Normans.pdf", "Steam_engine.pdf", "Packet_switching.pdf", "Harvard_University.pdf"):
-        shutil.copy(eval_set("squad2-dev") / "docs" / name, docs / name)
+    for folder in (eval_set("squad2-dev") / "docs", eval_set("clapnq-dev") / "docs"):
+        for pdf in sorted(folder.glob("*.pdf")):
+            shutil.copy(pdf, docs / pdf.name)
+
+
+def test_random_kills_of_a_pooled_ingest_lose_nothing_and_leave_no_process(tmp_path, embedder):
+    """KILLS SIGKILLs of one interrupted ingest at random moments (start-up, parsing, embedding, and every other
+    kill 0-1 s after a commit: checkpoint every group), each followed by a check that the index loads, holds no
+    foreign or duplicate chunk, and that no worker or resource tracker outlives the ingest; a final rerun
+    converges on the uninterrupted result. Fails unless all KILLS kills land before the ingest finishes."""
+    docs = tmp_path / "docs"
+    kill_corpus(docs)
+    started = time.monotonic()
     ingest(make_settings(tmp_path / "reference"), docs, embedder)
     reference = fingerprint(tmp_path / "reference")
+    reference_s = time.monotonic() - started
 
-    env = {"RAG_INGEST__CHECKPOINT_SECONDS": "0", "RAG_INGEST__EMBED_BATCH_SIZE": "8",
+    env = {"RAG_INGEST__CHECKPOINT_SECONDS": "0", "RAG_INGEST__EMBED_BATCH_SIZE": "2",
            "RAG_INGEST__PAGES_PER_TASK": "16", "RAG_INGEST__WORKERS": "2"}
     index_dir = tmp_path / "index"
     rng = random.Random(7)
-    orphans, after_commit, kills, loads = [], 0, 0, 0
+    orphans, after_commit, kills, loads, finished_early = [], 0, 0, 0, None
+    started = time.monotonic()
     for kill in range(KILLS):
         child = subprocess.Popen(
             [sys.executable, "-m", "ingest.cli", str(docs), "--index", str(index_dir), "-q"],
@@ -96,13 +111,16 @@ def test_random_kills_of_a_pooled_ingest_lose_nothing_and_leave_no_process(tmp_p
                 time.sleep(0.05)
             deadline = time.monotonic() + rng.uniform(0.0, 1.0)
         else:
-            deadline = time.monotonic() + rng.uniform(0.5, 25.0)
+            # Short enough that a run rarely gets far (start-up alone takes seconds): the campaign must not
+            # finish the ingest before its last kill.
+            deadline = time.monotonic() + rng.uniform(0.5, 10.0)
         while time.monotonic() < deadline and child.poll() is None:
             seen |= descendants(child.pid)
             time.sleep(0.05)
         if child.poll() is not None:
             assert child.returncode in (0, 1), child.stderr.read().decode()
-            break  # the ingest finished before this kill: the rest converge below
+            finished_early = kill
+            break  # the ingest finished before this kill: reported, and failed below
         seen |= descendants(child.pid)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -114,6 +132,8 @@ def test_random_kills_of_a_pooled_ingest_lose_nothing_and_leave_no_process(tmp_p
             assert held <= reference, f"kill {kill}: chunks that the uninterrupted ingest does not have"
             assert chunk_count(index_dir) == len(held), f"kill {kill}: duplicated chunks"
             loads += 1
+    campaign_s = time.monotonic() - started
+    held_before_rerun = chunk_count(index_dir) if (index_dir / "store.sqlite").exists() else 0
     assert not orphans, f"processes outlived their killed ingest: {orphans}"
     assert after_commit >= 1, "no kill landed after a commit"
     ingest(make_settings(index_dir), docs, embedder)
@@ -121,6 +141,9 @@ def test_random_kills_of_a_pooled_ingest_lose_nothing_and_leave_no_process(tmp_p
     # The figures docs/benchmarks.md reports (shown with -s).
     print(f"\nkill campaign: {kills} kills ({after_commit} after a commit), index loaded {loads} times, "
           f"{len(reference - final)} lost, {chunk_count(index_dir) - len(final)} duplicated, "
-          f"{len(final - reference)} foreign, {len(orphans)} orphans; {len(reference)} chunks")
+          f"{len(final - reference)} foreign, {len(orphans)} orphans; {len(reference)} chunks in "
+          f"{len(list(docs.glob('*.pdf')))} files, {held_before_rerun} committed when the kills ended; "
+          f"reference ingest {reference_s:.0f} s, kills {campaign_s:.0f} s")
     assert final == reference and chunk_count(index_dir) == len(reference)  # 0 lost, 0 duplicated
     assert not alive(orphans)
+    assert kills == KILLS, f"the interrupted ingest finished before kill {finished_early}: {kills} of {KILLS} kills"

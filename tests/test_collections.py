@@ -255,6 +255,21 @@ def test_upload_creates_a_collection_and_delete_removes_a_document(client, serve
     assert gone.status_code == 404
 
 
+def test_a_refused_upload_leaves_no_new_collection_behind(client, served):
+    """A refused upload to a collection that did not exist must not create it empty (its questions would then be
+    503 "no chunks", and it would be listed): not for a bad name (415), nor for bytes that are not a PDF (422)."""
+    root = served.settings.index.path
+    assert post_pdf(client, "phantom-a", "notes.txt", b"%PDF-1.4 not really").status_code == 415
+    assert post_pdf(client, "phantom-b", "notes.pdf", b"these bytes are not a PDF").status_code == 422
+    names = [c["name"] for c in client.get("/v1/collections").json()]
+    assert "phantom-a" not in names and "phantom-b" not in names
+    assert not collection_path(root, "phantom-a").exists() and not collection_path(root, "phantom-b").exists()
+    assert client.post("/v1/query", json={"question": "x", "collection": "phantom-b"}).status_code == 404
+    # an existing collection is kept, empty or not: 'steam' still answers after a refused upload to it
+    assert post_pdf(client, "steam", "notes.pdf", b"not a PDF").status_code == 422
+    assert "steam" in [c["name"] for c in client.get("/v1/collections").json()]
+
+
 def listed_chunks(client: TestClient, collection: str) -> int:
     return sum(d["chunks"] for d in client.get("/v1/documents", params={"collection": collection}).json())
 

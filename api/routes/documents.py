@@ -9,10 +9,10 @@ import asyncio
 from fastapi import APIRouter, HTTPException, UploadFile, status
 from fastapi.responses import FileResponse
 
-from api.deps import CollectionQuery, DocumentsDep, UploadDocumentsDep
+from api.deps import CollectionQuery, CollectionsDep, DocumentsDep, open_collection
 from api.metrics import MetricsDep
-from api.schemas import DeletedOut, DocumentOut, ErrorOut, UploadOut
-from rag.ingestion.documents import DocumentNotFound, NotAPdf, TooLarge, UploadRejected
+from api.schemas import BAD_BODY, DeletedOut, DocumentOut, ErrorOut, UploadOut
+from rag.ingestion.documents import DocumentNotFound, NotAPdf, TooLarge, UploadRejected, safe_pdf_name
 
 router = APIRouter(tags=["documents"])
 
@@ -28,18 +28,28 @@ def list_documents(documents: DocumentsDep, collection: CollectionQuery) -> list
 @router.post(
     "/v1/documents", status_code=status.HTTP_201_CREATED, response_model=UploadOut,
     responses={
-        **BUSY,
+        **BUSY, **BAD_BODY,
         413: {"model": ErrorOut, "description": "The file is larger than api.max_upload_mb."},
         415: {"model": ErrorOut, "description": "The file name does not end in .pdf."},
         422: {"model": ErrorOut, "description": "A bad file name, or a PDF that cannot be ingested (the reason)."},
     },
 )
-async def upload_document(file: UploadFile, documents: UploadDocumentsDep, metrics: MetricsDep) -> UploadOut:
+async def upload_document(
+    file: UploadFile, collections: CollectionsDep, collection: CollectionQuery, metrics: MetricsDep,
+) -> UploadOut:
     """Ingest one PDF (multipart field ``file``) as ``uploads/<file name>``, replacing an upload of that name;
-    a collection that does not exist yet is created."""
+    a collection that does not exist yet is created (and removed again when the upload is refused)."""
     try:
         with metrics.ingest_failures.count_exceptions():
-            upload = await asyncio.to_thread(documents.upload, file.file, file.filename, file.size)
+            safe_pdf_name(file.filename)  # before a new collection is created: a refused name leaves none behind
+            new = collection not in collections.names()
+            documents = open_collection(collections, collection, create=True).documents
+            try:
+                upload = await asyncio.to_thread(documents.upload, file.file, file.filename, file.size)
+            except UploadRejected:
+                if new:  # no empty collection (whose questions would be 503 "no chunks") from a refused upload
+                    await asyncio.to_thread(collections.discard_if_empty, collection)
+                raise
     except NotAPdf as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(exc)) from exc
     except TooLarge as exc:

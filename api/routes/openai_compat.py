@@ -21,8 +21,8 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from api.deps import AnswersDep, CollectionsDep, ValidChat
 from api.routes.query import SSE_HEADERS, Events, error_detail, open_stream
 from api.schemas import (
-    AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChunkChoice, ChunkDelta, ErrorOut,
-    ModelList, ModelOut, Usage, citation_out, rag_info,
+    BAD_BODY, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChunkChoice, ChunkDelta,
+    ErrorOut, ModelList, ModelOut, Usage, citation_out, rag_info,
 )
 from rag.answering.followup import FollowupRewriter, Rewrite
 from rag.types import Answer
@@ -46,7 +46,7 @@ def get_model(model: str, collections: CollectionsDep) -> ModelOut:
 
 @router.post(
     "/v1/chat/completions", response_model=ChatCompletionResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **BAD_BODY},
 )
 async def chat_completions(body: ValidChat, answers: AnswersDep):
     """OpenAI-compatible chat completion over the indexed documents (``stream`` supported)."""

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from api.deps import AnswersDep, ValidQuery
-from api.schemas import QueryResponse, TokenEvent
+from api.schemas import BAD_BODY, QueryResponse, TokenEvent
 from rag.answering.service import AnswerService
 from rag.answering.batching import GenerationTimeout, Overloaded
 from rag.answering.openai_generator import GeneratorUnavailable
@@ -31,7 +31,7 @@ began is an `event: error` with `data: {"detail": ...}`; one before it is the us
 
 @router.post(
     "/v1/query", response_model=QueryResponse, description=STREAM_DESCRIPTION,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **BAD_BODY},
 )
 async def query(body: ValidQuery, answers: AnswersDep):
     """Answer a question from the indexed documents, citing pages, or abstain."""
