@@ -12,6 +12,11 @@ passages among the top 5 (how much of the prompt comes from the right document).
 many questions point at documents by name (``rag.answering.focus``) and how many of those include the gold
 one. Only the embedder loads; no generation.
 
+With ``--evidence`` (sets with span references, such as squad2-dev): for each configuration also the share of
+questions whose reference span (SQuAD-normalised) is in the top ``retrieval.top_k`` passages and in the quoted
+evidence the prompt would hold (``generation.evidence_sentences`` and ``evidence_tokens``, which ``--variant``
+can switch too, counted with the generator's tokenizer, which then loads): what the generator can copy from.
+
 exit codes: 0 ok; 2 usage error (a missing set or index, a bad variant)
 """
 
@@ -72,6 +77,24 @@ def measure(retriever, items, top: int = 10) -> dict[str, float]:
     }
 
 
+def measure_evidence(retriever, embedder, count_tokens, items, generation) -> dict[str, float]:
+    """Share of ``items`` whose reference span is in the top_k passages, and in the quotes selected from them."""
+    from rag.answering.evidence import score_sentences, select_evidence, sentences_of
+    from rag.text import normalize_answer
+
+    in_passages = in_quotes = 0
+    for item in items:
+        golds = [g for g in (normalize_answer(a) for a in item.answers) if g]
+        passages = retriever.retrieve(item.question, retriever.settings.top_k)
+        scored = score_sentences(item.question, sentences_of(passages), embedder.embed_documents,
+                                 embedder.embed_query(item.question))
+        quotes = select_evidence(scored, count_tokens, generation.evidence_tokens, generation.evidence_sentences).quotes
+        held = lambda texts: any(g in " ".join(normalize_answer(t) for t in texts) for g in golds)  # noqa: E731
+        in_passages += held(p.chunk.text for p in passages)
+        in_quotes += held(q.text for q in quotes)
+    return {"span_in_passages": in_passages / len(items), "span_in_quotes": in_quotes / len(items)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.retrieval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=Path, required=True, help="an index holding the set's docs/")
     parser.add_argument("--variant", action="append", default=[], help="retrieval settings to switch, field=value,...")
     parser.add_argument("--limit", type=int, help="the first N answerable questions only")
+    parser.add_argument("--evidence", action="store_true",
+                        help="also the reference span's presence in the passages and in the quoted evidence")
     args = parser.parse_args(argv)
 
     from rag.answering.retrieval import HybridRetriever
@@ -96,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         variants = [{}] + [parse_variant(v) for v in args.variant]
         settings = Settings()
         # validated, so a typo in a field name or a bad value is a usage error, not a silent no-op
-        configs = [type(settings.retrieval).model_validate({**settings.retrieval.model_dump(), **v}) for v in variants]
-        unknown = {k for v in variants for k in v} - set(type(settings.retrieval).model_fields)
+        generation_fields = {"evidence_sentences", "evidence_tokens"}
+        configs = [type(settings.retrieval).model_validate(
+            {**settings.retrieval.model_dump(), **{k: x for k, x in v.items() if k not in generation_fields}})
+            for v in variants]
+        generations = [type(settings.generation).model_validate(
+            {**settings.generation.model_dump(), **{k: x for k, x in v.items() if k in generation_fields}})
+            for v in variants]
+        unknown = {k for v in variants for k in v} - set(type(settings.retrieval).model_fields) - generation_fields
         if unknown:
             raise ValueError(f"unknown retrieval settings: {sorted(unknown)}")
     except ValueError as exc:
@@ -105,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     items = [i for i in load_set(args.set).items if i.answerable][: args.limit]
     embedder = build_embedder(settings).load()
+    count_tokens = _token_counter(settings) if args.evidence else None
     index = DocumentIndex.open(args.index, settings.index)
     print_header("retrieval quality", machine_info())
     print(f"{args.set.name}: {len(items)} answerable questions, index {args.index}")
     try:
-        for variant, config in zip(variants, configs, strict=True):
+        for variant, config, generation in zip(variants, configs, generations, strict=True):
             started = time.perf_counter()
-            figures = measure(HybridRetriever(index, embedder, config).load(), items)
+            retriever = HybridRetriever(index, embedder, config).load()
+            figures = measure(retriever, items)
+            if count_tokens is not None:
+                figures.update(measure_evidence(retriever, embedder, count_tokens, items, generation))
             label = ",".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
             pointed = f" pointed {figures['pointed']} (gold among them {figures['pointed_right']})" if config.focus else ""
             print(
@@ -120,9 +155,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"{figures['gold_doc_in_top5']:.3f} gold-doc passages of 5 {figures['gold_doc_passages_of_5']:.2f}"
                 f"{pointed} ({time.perf_counter() - started:.0f} s)"
             )
+            if count_tokens is not None:
+                print(f"  {'':32s} reference span in the top {config.top_k} passages {figures['span_in_passages']:.3f}, "
+                      f"in the quoted evidence {figures['span_in_quotes']:.3f}")
     finally:
         index.close()
     return 0
+
+
+def _token_counter(settings):
+    """The generator's token count (its tokenizer only; no weights load)."""
+    from transformers import AutoTokenizer
+
+    from rag.models import resolve_generator
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_generator(settings.models))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
 if __name__ == "__main__":

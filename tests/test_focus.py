@@ -91,3 +91,24 @@ def test_bench_retrieval_parses_variants_and_refuses_unknown_settings(tmp_path, 
     assert main(["--set", str(eval_set("sec10q-dev")), "--index", str(tmp_path), "--variant", "focs=false"]) == 2
     assert "unknown retrieval settings: ['focs']" in capsys.readouterr().err
     assert main(["--set", str(tmp_path / "missing"), "--index", str(tmp_path)]) == 2
+
+
+def test_bench_retrieval_evidence_counts_the_span_in_passages_and_quotes(tmp_path, small_index, capsys) -> None:
+    """Real squad2-dev questions on the small index (Normans, Steam engine): the reference span is found in the
+    passages at least as often as in the quotes cut from them, and a one-sentence budget quotes less."""
+    import json
+
+    from bench.retrieval import main
+
+    lines = [json.loads(x) for x in (eval_set("squad2-dev") / "qa.jsonl").read_text().splitlines() if x.strip()]
+    picked = [x for x in lines if x["answerable"] and x["doc"] in ("Normans.pdf", "Steam_engine.pdf")][:12]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(x) + "\n" for x in picked))
+    (tmp_path / "docs").symlink_to(eval_set("squad2-dev") / "docs")
+    assert main(["--set", str(tmp_path), "--index", str(small_index.index.path), "--evidence",
+                 "--variant", "evidence_sentences=1,evidence_tokens=32"]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if "reference span" in line]
+    figures = [[float(w) for w in line.replace(",", "").split() if w.replace(".", "").isdigit() and "." in w]
+               for line in shown]
+    assert len(figures) == 2  # defaults, then the variant
+    (passages, quotes), (_, quotes_one) = figures
+    assert passages >= quotes >= quotes_one and passages > 0.5
