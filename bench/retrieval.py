@@ -78,17 +78,16 @@ def measure(retriever, items, top: int = 10) -> dict[str, float]:
 
 
 def measure_evidence(retriever, embedder, count_tokens, items, generation) -> dict[str, float]:
-    """Share of ``items`` whose reference span is in the top_k passages, and in the quotes selected from them."""
-    from rag.answering.evidence import score_sentences, select_evidence, sentences_of
+    """Share of ``items`` whose reference span is in the top_k passages, and in the quotes the service would
+    select from them (``rag.answering.evidence.quote_evidence``)."""
+    from rag.answering.evidence import quote_evidence
     from rag.text import normalize_answer
 
     in_passages = in_quotes = 0
     for item in items:
         golds = [g for g in (normalize_answer(a) for a in item.answers) if g]
         passages = retriever.retrieve(item.question, retriever.settings.top_k)
-        scored = score_sentences(item.question, sentences_of(passages), embedder.embed_documents,
-                                 embedder.embed_query(item.question))
-        quotes = select_evidence(scored, count_tokens, generation.evidence_tokens, generation.evidence_sentences).quotes
+        quotes = quote_evidence(item.question, passages, embedder, count_tokens, generation).quotes
         held = lambda texts: any(g in " ".join(normalize_answer(t) for t in texts) for g in golds)  # noqa: E731
         in_passages += held(p.chunk.text for p in passages)
         in_quotes += held(q.text for q in quotes)

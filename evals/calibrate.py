@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rag.answering.prompting import present, short_span
+from rag.answering.prompting import present
 from rag.answering.verification import restates_question
 from rag.evaluation.dataset import QAItem, load_set
 from rag.evaluation.metrics import Prediction, score_question
@@ -64,8 +64,7 @@ def labeled(record: dict[str, Any], item: QAItem | None = None) -> Labeled | Non
         return None
     answered = not record["abstained"]
     form = record.get("form") or "short"
-    if answered and form == "short" and restates_question(short_span(record["answer"], record["question"]),
-                                                          record["question"]):
+    if answered and form == "short" and restates_question(record["answer"], record["question"]):
         # The service now declines such a span (``restates_question``); a run recorded before that gave it.
         # A keyword-style question's record holds the presented quote, not the span: not caught here.
         answered = False

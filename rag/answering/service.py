@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import TYPE_CHECKING
 
 from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, features, without_logprobs
-from rag.answering.evidence import Evidence, score_sentences, select_evidence, sentences_of
+from rag.answering.evidence import Evidence, quote_evidence
 from rag.answering.prompting import (
     ABSTAIN_TEXT, REPLY_PREFIX, AnswerStream, answer_form, answer_text, build_quote_messages, cited_numbers,
-    is_abstention, present, short_span,
+    is_abstention, present,
 )
 from rag.answering.retrieval import HybridRetriever
 from rag.answering.verification import lexical_support_text, restates_question
@@ -31,11 +30,6 @@ if TYPE_CHECKING:
     from rag.answering.generation import GenerationResult, TransformersGenerator
 
 SNIPPET_CHARS = 300
-# The retrieved passages' sentences (about 30 per question) are embedded in batches of 8: sentence-transformers
-# sorts them by length, so small batches pad each sentence to a near neighbour's length instead of all to the
-# longest. On 2 CPU cores: 0.59 s per question at the ingest's batch of 64, 0.37 s at 8, 0.43 s at 4 (30
-# squad2-dev questions); that time comes before the first token.
-SENTENCE_BATCH = 8
 
 
 class AnswerService:
@@ -111,13 +105,8 @@ class AnswerService:
         yield answer
 
     def _evidence(self, question: str, passages: list[Passage]) -> Evidence:
-        gen = self.settings.generation
-        embedder = self.retriever.embedder
-        scored = score_sentences(
-            question, sentences_of(passages), partial(embedder.embed_documents, batch_size=SENTENCE_BATCH),
-            embedder.embed_query(question),
-        )
-        return select_evidence(scored, self.llm.count_tokens, gen.evidence_tokens, gen.evidence_sentences)
+        return quote_evidence(question, passages, self.retriever.embedder, self.llm.count_tokens,
+                              self.settings.generation)
 
     def _finish(
         self, question: str, form: str, passages: list[Passage], evidence: Evidence, result: "GenerationResult",
@@ -129,7 +118,7 @@ class AnswerService:
         declined = is_abstention(raw) or not text
         # A span made only of the question's own words ("Savery" to "Who improved the Savery pump?") is what the
         # model writes when the quotes hold no answer: treated as declining, whatever its confidence.
-        echoed = not declined and form == "short" and restates_question(short_span(text, question), question)
+        echoed = not declined and form == "short" and restates_question(text, question)
         declined = declined or echoed
         quotes = list(evidence.quotes)
         used = _answer_quotes(text, quotes, cited_numbers(raw, len(quotes)))

@@ -23,17 +23,24 @@ def lexical_support(answer: str, passages: list[Passage], question: str = "") ->
 
 def lexical_support_text(answer: str, evidence: str, question: str = "") -> float:
     """``lexical_support`` against one evidence text."""
-    asked = set(content_words(question))
-    words = [w for w in content_words(answer) if w not in asked]
+    words = added_words(answer, question)
     if not words:
         return 0.0
     vocabulary = set(normalize_answer(evidence).split())
     return sum(w in vocabulary for w in words) / len(words)
 
 
-def restates_question(answer: str, question: str) -> bool:
-    """True when a span answer holds no content word the question lacks: "Who notably improved the Savery water
-    pump?" answered "Savery". A small model copies the question's words when the quotes do not answer it; such a
-    span is no answer (on squad2-dev, 8 of 9 were wrong), so the service treats it as declining."""
+def added_words(answer: str, question: str) -> list[str]:
+    """The content words of ``answer`` that ``question`` does not hold."""
     asked = set(content_words(question))
-    return not [w for w in content_words(answer) if w not in asked]
+    return [w for w in content_words(answer) if w not in asked]
+
+
+def restates_question(answer: str, question: str) -> bool:
+    """True when a span answer, cut to the span the service shows (``short_span``), holds no content word the
+    question lacks: "Who notably improved the Savery water pump?" answered "Savery". A small model copies the
+    question's words when the quotes do not answer it; such a span is no answer (on squad2-dev, 8 of 9 were
+    wrong), so the service treats it as declining."""
+    from rag.answering.prompting import short_span
+
+    return not added_words(short_span(answer, question), question)
