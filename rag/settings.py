@@ -239,6 +239,12 @@ class GenerationSettings(BaseModel):
         "first calls at each batch size compile (tens of seconds). Off by default: checked for identical output on "
         "the CPU, where it does not compile; its GPU speed is not measured yet (docs/benchmarks.md).",
     )
+    prefix_cache: bool = Field(
+        True,
+        description="Keep the KV cache of the last single-prompt call and reuse the tokens the next prompt shares "
+        "with it (the chat template and the instructions), so only the rest is prefilled. Single-prompt calls "
+        "without static_cache only; batched calls are unaffected.",
+    )
 
 
 class FollowupSettings(BaseModel):

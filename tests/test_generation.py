@@ -353,6 +353,45 @@ def test_static_cache_gives_the_same_answers(generator: TransformersGenerator, m
 
 
 @pytest.mark.e2e
+def test_prefix_cache_reuses_the_shared_opening_and_changes_nothing(model_path: str) -> None:
+    """Single prompts that open alike (the service's instructions) prefill only what differs, and greedy decoding
+    gives the same texts, token log-probabilities and probe as without the cache; a prompt that shares nothing
+    with the kept caches, a batched call and a repeat of the same prompt all still answer the same."""
+    from rag.models import select_device
+
+    device = select_device(ModelSettings())
+    plain = TransformersGenerator(model_path, device, GenerationSettings(prefix_cache=False), ("Paris",)).load()
+    cached = TransformersGenerator(model_path, device, GenerationSettings(), ("Paris",)).load()
+    rules = {"role": "system", "content": "Answer in one word. Never explain. Use English. Be exact and brief."}
+    prompts = [
+        plain.render_chat([rules, {"role": "user", "content": q}])
+        for q in (CAPITAL, "What is the capital of Italy?", "What is the largest planet?")
+    ]
+    other = _chat(plain, "Name the largest ocean in one word.")  # another system prompt: nothing to reuse
+    calls = [[prompts[0]], [prompts[1]], [prompts[2]], [other], [prompts[2]], prompts[:2]]
+    expected = [plain.generate_batch(batch, 6) for batch in calls]
+    reused = []
+    for batch, want in zip(calls, expected):
+        before = cached.reused_tokens
+        got = cached.generate_batch(batch, 6)
+        reused.append(cached.reused_tokens - before)
+        assert [r.text for r in got] == [r.text for r in want]
+        assert [r.prompt_tokens for r in got] == [r.prompt_tokens for r in want]
+        for g, w in zip(got, want):
+            assert g.token_logprobs == pytest.approx(w.token_logprobs, abs=1e-3)
+            assert g.probe_probability == pytest.approx(w.probe_probability, rel=1e-3, abs=1e-6)
+    assert "Paris" in expected[0][0].text
+    opening = cached.count_tokens(rules["content"])
+    assert reused[0] == 0  # nothing kept yet
+    assert reused[1] >= opening and reused[2] >= opening  # the system turn is not prefilled again
+    assert reused[3] == 0  # the other prompt shares only the template's first tokens
+    # The same prompt again: all but its last token, from the cache kept two calls ago (two are kept, and the
+    # other prompt's miss left them in place).
+    assert reused[4] == expected[4][0].prompt_tokens - 1
+    assert reused[5] == 0  # batched calls do not use the cache
+
+
+@pytest.mark.e2e
 def test_stream_deltas_add_up_to_the_final_text(generator: TransformersGenerator) -> None:
     prompt = _chat(generator, "Translate 'thank you very much' into Japanese. Reply with the translation only.")
     batcher = _real_batcher(generator, batch_wait_ms=0)

@@ -98,6 +98,8 @@ class TransformersGenerator:
         self.probe_words = tuple(probe_words)
         self._probe_ids: list[int] = []
         self._lock = threading.Lock()
+        self._kept: list[_KeptCache] = []  # the last single-prompt calls' KV caches, newest last (prefix_cache)
+        self.reused_tokens = 0  # prompt tokens served from that cache, over all calls (tests and benchmarks read it)
 
     # ------------------------------------------------------------------ loading
 
@@ -196,14 +198,20 @@ class TransformersGenerator:
             criteria = None
             if any(check is not None for check in stops):
                 criteria = StoppingCriteriaList([_RowStops(stops)])
+            reuse = len(prompts) == 1 and self.settings.prefix_cache and not self.settings.static_cache
+            cache = self._take_cache(inputs["input_ids"][0].tolist()) if reuse else {}
             sequences = model.generate(
                 **inputs,
                 generation_config=self._generation_config(max(budgets)),
                 streamer=streamer,
                 logits_processor=[recorder],
                 stopping_criteria=criteria,
+                **cache,
             )  # (B, T + N), N <= max(budgets)
             self.generate_calls += 1
+            if reuse:
+                kept = cache["past_key_values"]
+                self._kept = [*self._kept, _KeptCache(sequences[0, : kept.get_seq_length()].tolist(), kept)][-_KEPT:]
             logprobs, probe = recorder.finish(sequences[:, prompt_len:])  # (B, N), (B,)
         new_tokens = sequences[:, prompt_len:].tolist()  # (B, N)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # (B,)
@@ -213,6 +221,30 @@ class TransformersGenerator:
                 new_tokens, budgets, prompt_tokens, logprobs, probe, strict=True
             )
         ]
+
+    def _take_cache(self, ids: list[int]) -> dict[str, Any]:
+        """``past_key_values`` for a single prompt of token ``ids``: the kept cache that shares most tokens with
+        ``ids``, cut to those (generate() then prefills only the rest), or a new empty cache.
+
+        The chat template and the instructions open every prompt, so at concurrency 1 about a quarter of the
+        prefill, the whole of the time to first token on a CPU, is work already done. ``_KEPT`` caches are kept
+        (one per answer form's instructions), not a tree: prompts differ right after the shared opening. The
+        cache used is taken out while generate() writes into it: a call that fails does not put it back.
+        """
+        from transformers import DynamicCache
+
+        if self._kept:
+            best = max(self._kept, key=lambda k: _common_prefix(k.ids, ids))
+            # at least the last prompt token is prefilled again: generate() needs its logits for the first step
+            shared = min(_common_prefix(best.ids, ids), len(ids) - 1)
+            if shared >= _MIN_REUSED_TOKENS:
+                self._kept.remove(best)
+                extra = best.cache.get_seq_length() - shared
+                if extra:
+                    best.cache.crop(-extra)  # negative: remove that many from the end (transformers 5 API)
+                self.reused_tokens += shared
+                return {"past_key_values": best.cache}
+        return {"past_key_values": DynamicCache(config=self._loaded_model().config)}
 
     def _generation_config(self, max_new_tokens: int) -> Any:
         """Pure greedy decoding; the model's own sampling defaults (temperature, penalties) are ignored on purpose."""
@@ -286,6 +318,27 @@ class TransformersGenerator:
         if self._tokenizer is None:
             raise RuntimeError("TransformersGenerator.load() must be called first")
         return self._tokenizer
+
+
+# Below this many shared tokens a fresh cache is as cheap as cutting the old one.
+_MIN_REUSED_TOKENS = 8
+# Caches kept: the short and the long answer forms open with different instructions.
+_KEPT = 2
+
+
+@dataclass
+class _KeptCache:
+    ids: list[int]  # the tokens whose keys and values ``cache`` holds
+    cache: Any  # transformers DynamicCache
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class StepRecorder(LogitsProcessor):
