@@ -68,3 +68,24 @@ def test_real_embedder_ranks_the_answering_sentence_first(embedder) -> None:
                              embedder.embed_query(question))
     assert "Charles Richard" in scored[0].text
     assert scored[0].dense > scored[-1].dense and 0.0 <= scored[0].lexical <= 1.0
+
+
+def test_quotes_come_from_the_documents_the_question_names(embedder) -> None:
+    """A question that names its filing is quoted from that filing's passages, however well another company's
+    page matches; without a named document among the passages, every passage is quoted from as before."""
+    from rag.answering.evidence import quote_evidence
+    from rag.settings import GenerationSettings
+
+    question = "What were Amazon's net sales in the second quarter of 2023?"
+    other = _passage("Net sales in the second quarter of 2023 were $81.8 billion, down 1%.", 1, "2023 Q2 AAPL.pdf")
+    named = _passage("Total net sales increased 11% to $134.4 billion in the second quarter. AWS segment sales "
+                     "increased 12%.", 2, "2023 Q2 AMZN.pdf")
+    settings = GenerationSettings(evidence_sentences=4)
+
+    def quoted(names: tuple[str, ...]) -> set[str]:
+        evidence = quote_evidence(question, [other, named], embedder, lambda t: len(t.split()), settings, names)
+        return {q.document for q in evidence.quotes}
+
+    assert quoted(()) == {"2023 Q2 AAPL.pdf", "2023 Q2 AMZN.pdf"}  # both quoted when nothing is named
+    assert quoted(("2023 Q2 AMZN.pdf",)) == {"2023 Q2 AMZN.pdf"}
+    assert quoted(("2023 Q2 MSFT.pdf",)) == {"2023 Q2 AAPL.pdf", "2023 Q2 AMZN.pdf"}  # named, but not retrieved

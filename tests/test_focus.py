@@ -32,6 +32,8 @@ def test_the_company_named_in_words_points_at_its_filing_and_the_period_picks_on
     assert focus.resolve("In Amazon's Q2 2023 10-Q, what were net sales?") == ("2023 Q2 AMZN.pdf",)
     assert focus.resolve("What did NVIDIA report as gaming revenue in its Q3 2023 10-Q?") == ("2023 Q3 NVDA.pdf",)
     assert focus.resolve("What did Microsoft report as cloud revenue?") == ("2023 Q2 MSFT.pdf",)
+    # The quarter in words picks the period as the code does.
+    assert focus.resolve("What were Intel's revenues in the third quarter of 2023?") == ("2023 Q3 INTC.pdf",)
     # Every Intel filing matches "Intel" alike: the question points at both.
     assert set(focus.resolve("What was Intel's gross margin?")) == {"2023 Q2 INTC.pdf", "2023 Q3 INTC.pdf"}
 

@@ -162,3 +162,15 @@ def test_present_gives_the_span_for_questions_and_the_sentence_for_keyword_queri
         Quote("Services were 11.9% of net sales in Q3 2023.", "AAPL.pdf", 4, 4, 9, 0.7),) + quotes)
     assert figure == "11.9%. Services were 11.9% of net sales in Q3 2023."  # the quote that holds the figure
     assert present("What share of sales was it in Q3 2023?", "long", figure, quotes) == figure  # idempotent
+
+
+def test_a_question_about_a_report_is_told_from_one_that_mentions_a_name() -> None:
+    from rag.answering.prompting import asks_about_report
+
+    assert asks_about_report("In Amazon's Q2 2023 10-Q, what were net sales?")
+    assert asks_about_report("What was 3M's capital expenditure in FY2018?")
+    assert asks_about_report("How did revenue change in the latest quarterly report?")
+    assert asks_about_report("What did Intel report for the first quarter of 2023?")
+    # names people and places an article's lead may hold, but no report: quoted from every retrieved passage
+    assert not asks_about_report("Who was Edward the Confessor's half-brother?")
+    assert not asks_about_report("In what year was Henry Ware elected to chair?")

@@ -12,6 +12,9 @@ def test_tokens_split_names_and_glued_codes() -> None:
     assert name_tokens("filings/2023 Q2 AMZN.pdf") == {"2023", "q2", "amzn", "q", "2"}
     assert {"fy2018", "fy", "2018"} <= name_tokens("3M_FY2018_10K.pdf")
     assert {"q2", "2023", "amzn", "10", "q"} <= question_tokens("In AMZN's Q2 2023 10-Q, what was revenue?")
+    # a quarter in words is the name's code too
+    assert {"q1", "2023"} <= question_tokens("What did Microsoft spend in the first quarter of 2023?")
+    assert "q3" in question_tokens("in the third fiscal quarter") and "q3" not in question_tokens("a third of sales")
 
 
 def test_a_question_naming_the_period_and_company_ranks_that_filing_first() -> None:

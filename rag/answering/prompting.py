@@ -54,10 +54,16 @@ _REPORT_QUESTION = re.compile(
 )
 
 
+def asks_about_report(question: str) -> bool:
+    """Whether the question names a report or a reporting period ("in Amazon's Q2 2023 10-Q", "fiscal 2022",
+    "the latest quarterly report"): one whose answer must come from the report it names."""
+    return _REPORT_QUESTION.search(question) is not None
+
+
 def answer_form(question: str) -> AnswerForm:
     """"long" for explanatory questions (why, how, describe, compare, what changed), long multi-part ones and
     questions about a report's figures; "short" for factoid ones (who, when, where, which, how many, what is X)."""
-    if _EXPLANATORY.search(question) or _REPORT_QUESTION.search(question):
+    if _EXPLANATORY.search(question) or asks_about_report(question):
         return "long"
     if _QUANTITY.search(question):
         return "short"

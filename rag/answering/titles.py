@@ -21,8 +21,15 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 MIN_NAME_SHARE = 0.5  # of a name's token weight the question must hold to point at that document
 
 
+# "the second quarter of 2023" is how a question says what a filing's name says as "2023 Q2"
+_QUARTER = re.compile(r"\b(first|second|third|fourth|1st|2nd|3rd|4th)\s+(?:fiscal\s+)?quarter\b")
+_ORDINAL = {"first": 1, "second": 2, "third": 3, "fourth": 4, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4}
+
+
 def _tokens(text: str) -> set[str]:
-    tokens = set(_TOKEN.findall(text.lower()))
+    lowered = text.lower()
+    tokens = set(_TOKEN.findall(lowered))
+    tokens.update(f"q{_ORDINAL[m.group(1)]}" for m in _QUARTER.finditer(lowered))
     for token in list(tokens):  # "fy2018" also as "fy" and "2018", "q2" as "q" and "2"
         tokens.update(re.findall(r"[a-z]+|[0-9]+", token))
     return tokens
@@ -35,7 +42,7 @@ def name_tokens(document: str) -> set[str]:
 
 
 def question_tokens(question: str) -> set[str]:
-    """The question's tokens, cut the same way as names."""
+    """The question's tokens, cut the same way as names ("the first quarter" also as "q1")."""
     return _tokens(question)
 
 
