@@ -53,6 +53,17 @@ def read_records(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def latest_records(folders: list[Path]) -> list[dict[str, Any]]:
+    """The records of ``folders``, a question recorded in several counting once, as the last folder has it: a
+    change that alters some questions' prompts is measured by generating those again into a new folder named
+    after the old ones, and the rest keep their records (greedy decoding gives them unchanged)."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for folder in folders:
+        for record in read_records(folder):
+            latest[(record["set"], record["id"])] = record
+    return list(latest.values())
+
+
 def labeled(record: dict[str, Any], item: QAItem | None = None) -> Labeled | None:
     """A fitting row from a gates-open record; None for a failed question or one without features.
 
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     args = parser.parse_args(argv)
 
-    records = [r for folder in args.reports for r in read_records(folder)]
+    records = latest_records(args.reports)
     items = set_items(args.sets_root, {r["set"] for r in records})
     rows = [row for r in records if (row := labeled(r, items.get(r["id"]))) is not None]
     if not rows:

@@ -9,7 +9,7 @@ unanswerable. The run fails (exit 1) when ours' grounded accuracy on them is bel
 
 is the same as
 
-    rag-eval --set ../shared/eval/squad2-dev --limit 40 --seed 0 --pipeline ours --min-grounded-accuracy 0.575
+    rag-eval --set ../shared/eval/squad2-dev --limit 40 --seed 0 --pipeline ours --min-grounded-accuracy 0.55
 
 Any argument other than ``--squad`` is passed on to ``rag-eval``.
 """
@@ -25,11 +25,11 @@ from evals import cli
 CI_SET = Path(__file__).resolve().parents[2] / "shared" / "eval" / "squad2-dev"
 CI_LIMIT = 40
 CI_SEED = 0
-# The shipped confidence model on this sample, computed from the 150-question gates-open run that contains it
-# (docs/evaluation.md, second run of 2026-12-01): grounded accuracy 0.625 (12 answered; hallucination rate
-# 0.417); the real gated run in the test suite is quoted in the closing note. The floor allows two questions of
-# drift (a GPU generates in bf16) and stays above 0.50, what abstaining on everything scores here.
-CI_FLOOR = 0.575
+# The shipped confidence model on this sample, computed from the gates-open records that contain it
+# (docs/evaluation.md, "The CI sample"): grounded accuracy 0.600 (4 answered; hallucination rate 0.0); the real
+# gated run in the test suite is quoted in the closing note. The floor allows two questions of drift (a GPU
+# generates in bf16) and stays above 0.50, what abstaining on everything scores here.
+CI_FLOOR = 0.55
 
 
 def ci_argv(set_dir: Path = CI_SET, extra: list[str] | None = None) -> list[str]:

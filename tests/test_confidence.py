@@ -148,6 +148,23 @@ def test_reliability_bins() -> None:
     assert table == [(0.05, 0.0, 1), (pytest.approx(0.135), 0.5, 2), (0.95, 1.0, 1)]
 
 
+def test_a_question_run_again_counts_once_as_the_later_folder_has_it(tmp_path: Path) -> None:
+    """evals.calibrate's folders: a question generated again after a change replaces its earlier record."""
+    from evals.calibrate import latest_records
+
+    def run(folder: str, records: list[dict]) -> Path:
+        partial = tmp_path / folder / "partial"
+        partial.mkdir(parents=True)
+        (partial / "sec10q-dev.ours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return tmp_path / folder
+
+    old = run("old", [{"id": "q1", "answer": "old"}, {"id": "q2", "answer": "kept"}])
+    new = run("new", [{"id": "q1", "answer": "new"}])
+    latest = {r["id"]: r["answer"] for r in latest_records([old, new])}
+    assert latest == {"q1": "new", "q2": "kept"} and len(latest_records([old, new])) == 2
+    assert {r["id"]: r["answer"] for r in latest_records([new, old])}["q1"] == "old"  # the last named wins
+
+
 def test_the_shipped_calibrator_loads_and_says_how_it_was_made() -> None:
     if not DEFAULT_CALIBRATOR.exists():
         pytest.skip("no packaged calibrator")
