@@ -281,7 +281,7 @@ class Outcome:
     tokens: int = 0
     abstained: bool | None = None
     decode_tok_s: float | None = None
-    timings: dict[str, float] | None = None  # the server's seconds per stage (retrieve_s, generate_s, verify_s)
+    timings: dict[str, float] | None = None  # the server's seconds per stage (retrieve_s, evidence_s, generate_s)
 
     @property
     def ok(self) -> bool:
@@ -424,10 +424,10 @@ def summarize(outcomes: list[Outcome], concurrency: int, wall: float, issued: in
         "output_tokens": tokens, "output_tokens_per_s": tokens / wall if wall else 0.0,
         "decode_tokens_per_s_median": percentiles(decode, (50,))["p50"],
         # Where a request's time went, by the server's own timings: the median over the answered requests that
-        # ran each stage (requests the relevance gate turned away have no generate_s or verify_s).
+        # ran each stage (requests the relevance gate turned away have no evidence_s or generate_s).
         "server_stage_s_p50": {
             stage: percentiles([o.timings[stage] for o in ok if o.timings and stage in o.timings], (50,))["p50"]
-            for stage in ("retrieve_s", "generate_s", "verify_s", "total_s")
+            for stage in ("retrieve_s", "evidence_s", "generate_s", "total_s")
         },
     }
 
