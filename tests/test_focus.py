@@ -58,18 +58,24 @@ def test_questions_naming_nothing_distinctive_point_at_nothing(covers) -> None:
     assert articles.resolve("where are nimbus clouds found in the sky") == ()
 
 
-@pytest.mark.models
-def test_focus_brings_the_named_filing_into_the_top_passages(tmp_path, embedder) -> None:
-    docs = tmp_path / "docs"
+def _filings_index(folder, embedder):
+    """Settings of a real index of the first PAGES pages (for speed) of three sec10q-dev filings."""
+    docs = folder / "docs"
     docs.mkdir()
-    for name in ("2023 Q2 AMZN.pdf", "2023 Q2 INTC.pdf", "2023 Q2 MSFT.pdf"):  # the first pages of each, for speed
+    for name in ("2023 Q2 AMZN.pdf", "2023 Q2 INTC.pdf", "2023 Q2 MSFT.pdf"):
         with pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
             reader, writer = PdfReader(eval_set("sec10q-dev") / "docs" / name), PdfWriter()
             for page in reader.pages[:PAGES]:
                 writer.add_page(page)
             writer.write(docs / name)
-    settings = make_settings(tmp_path / "index")
+    settings = make_settings(folder / "index")
     ingest(settings, docs, embedder)
+    return settings
+
+
+@pytest.mark.models
+def test_focus_brings_the_named_filing_into_the_top_passages(tmp_path, embedder) -> None:
+    settings = _filings_index(tmp_path, embedder)
     from rag.indexing.index import DocumentIndex
 
     index = DocumentIndex.open(settings.index.path, settings.index)
@@ -84,6 +90,47 @@ def test_focus_brings_the_named_filing_into_the_top_passages(tmp_path, embedder)
     amazon = lambda passages: sum(p.chunk.document == "2023 Q2 AMZN.pdf" for p in passages)  # noqa: E731
     assert amazon(with_focus) >= 4
     assert amazon(without) <= 2
+
+
+class _RecordingBatcher:
+    """Keeps the prompt and declines: the test is about what the service quotes, not what a model makes of it."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def check_admission(self, timeout_s: float) -> None:
+        pass
+
+    async def stream(self, prompt, max_new_tokens, timeout_s=None):
+        from rag.answering.generation import GenerationResult
+
+        self.prompts.append(prompt)
+        yield GenerationResult("Answer: NOT IN DOCUMENTS", len(prompt), 4, "stop")
+
+
+@pytest.mark.models
+def test_a_question_about_a_report_is_quoted_from_the_filing_it_names(tmp_path, runtime) -> None:
+    """The service (real retrieval, focus, evidence and prompt over real filings): a question naming Microsoft's
+    10-Q is quoted from Microsoft's filing only, though an Intel page on foundries and wafers is among the
+    passages; the same words without a report named are quoted from whatever matches them."""
+    import asyncio
+    import re
+
+    from rag.answering.service import AnswerService
+
+    settings = _filings_index(tmp_path, runtime.embedder)
+    derived = runtime.derive({"index": {"path": settings.index.path}})
+    batcher = _RecordingBatcher()
+    service = AnswerService(derived.retriever, derived.llm, batcher, derived.settings, calibrator=None)
+    quoted = lambda prompt: set(re.findall(r"^\[\d+\] \((.+?), p\. \d+\)", prompt, re.MULTILINE))  # noqa: E731
+    try:
+        asyncio.run(service.answer("In Microsoft's Q2 2023 10-Q, what was said about foundry services and wafers?"))
+        asyncio.run(service.answer("What was said about foundry services and wafers at Microsoft?"))
+    finally:
+        derived.close()
+    report, plain = batcher.prompts
+    assert quoted(report) == {"2023 Q2 MSFT.pdf"}
+    assert "2023 Q2 INTC.pdf" in quoted(plain)
 
 
 def test_bench_retrieval_parses_variants_and_refuses_unknown_settings(tmp_path, capsys) -> None:
