@@ -213,10 +213,6 @@ class GenerationSettings(BaseModel):
     evidence_tokens: int = Field(
         360, ge=32, le=4096, description="Token budget of the quoted evidence sentences put in the prompt."
     )
-    evidence_cache_sentences: int = Field(
-        4096, ge=0, description="Evidence sentence vectors kept for later questions (about 1.5 KB each); 0 embeds "
-        "every sentence every time.",
-    )
     evidence_sentences: int = Field(
         4, ge=1, le=32, description="Best-scoring sentences quoted (each with the sentence before it, budget allowing)."
     )

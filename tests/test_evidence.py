@@ -89,29 +89,3 @@ def test_quotes_come_from_the_documents_the_question_names(embedder) -> None:
     assert quoted(()) == {"2023 Q2 AAPL.pdf", "2023 Q2 AMZN.pdf"}  # both quoted when nothing is named
     assert quoted(("2023 Q2 AMZN.pdf",)) == {"2023 Q2 AMZN.pdf"}
     assert quoted(("2023 Q2 MSFT.pdf",)) == {"2023 Q2 AAPL.pdf", "2023 Q2 AMZN.pdf"}  # named, but not retrieved
-
-
-def test_sentence_vectors_embed_each_sentence_once_and_give_the_same_vectors(embedder) -> None:
-    """The service's sentence cache: a sentence seen before is not embedded again, its vector is the one embedding
-    it gives, and the least recently used go first when the cache is full."""
-    import numpy as np
-
-    from rag.answering.evidence import SentenceVectors
-
-    calls: list[list[str]] = []
-
-    def embed(texts: list[str]) -> np.ndarray:
-        calls.append(list(texts))
-        return embedder.embed_documents(texts)
-
-    cache = SentenceVectors(embed, size=3)
-    a, b, c, d = "Rollo was the first ruler.", "Normandy is in France.", "The duke won at Hastings.", "Steam."
-    first = cache([a, b, a])
-    assert calls == [[a, b]] and first.shape == (3, embedder.dim)
-    assert np.allclose(first[0], first[2]) and np.allclose(first, embedder.embed_documents([a, b, a]), atol=1e-5)
-    again = cache([b, c])
-    assert calls[-1] == [c] and np.array_equal(again[0], first[1])  # b from the cache, exactly
-    assert (cache.hits, cache.misses) == (2, 3)
-    cache([d])  # a, the least recently used, makes room
-    cache([a])
-    assert calls[-1] == [a]

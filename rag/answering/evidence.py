@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -180,42 +179,9 @@ def _merge(kept: dict[tuple[int, int], Sentence], scores: dict[tuple[int, int], 
     return sorted(quotes, key=lambda q: q.score, reverse=True)
 
 
-class SentenceVectors:
-    """The embedder's unit vectors of evidence sentences, by text, the ``size`` most recently used kept.
-
-    Every question over the same documents retrieves many of the same passages, whose sentences were embedded
-    for an earlier question: that embedding came before the first token (0.4 s of about 2.8 on 2 CPU cores). A
-    vector depends only on the text and the model, so a hit is exact. Safe across threads (the service builds
-    evidence in worker threads); two threads missing the same sentence both embed it, harmlessly.
-    """
-
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], size: int = 4096):
-        self._embed = embed
-        self._size = size
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0  # sentences, over all calls
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors (n, dim) of ``texts``, in order."""
-        with self._lock:
-            known = {t: self._vectors[t] for t in texts if t in self._vectors}
-        missing = [t for t in dict.fromkeys(texts) if t not in known]
-        vectors = {**known, **(dict(zip(missing, self._embed(missing))) if missing else {})}  # embedding unlocked
-        with self._lock:
-            self.misses += len(missing)
-            self.hits += len(texts) - len(missing)
-            for text, vector in vectors.items():
-                self._vectors[text] = vector
-                self._vectors.move_to_end(text)
-            while len(self._vectors) > self._size:
-                self._vectors.popitem(last=False)
-        return np.stack([vectors[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
-
-
 def quote_evidence(
     question: str, passages: Sequence[Passage], embedder: "Embedder", count_tokens: Callable[[str], int],
-    generation: "GenerationSettings", named: Collection[str] = (), vectors: SentenceVectors | None = None,
+    generation: "GenerationSettings", named: Collection[str] = (),
 ) -> Evidence:
     """The evidence a prompt holds for ``question``: the passages' sentences scored, the best quoted within
     ``generation.evidence_tokens`` and ``evidence_sentences``.
@@ -226,13 +192,10 @@ def quote_evidence(
     of those, quoted, was answered from and cited: on sec10q-dev 11 of 130 answers cited only other filings, 8
     of them while the named filing's passages were among those retrieved. Retrieval itself still ranks every
     document.
-
-    ``vectors``: a cache of sentence vectors to embed through (the service keeps one); without it every sentence
-    is embedded.
     """
     from_named = [p for p in passages if p.chunk.document in named]
-    embed = vectors or partial(embedder.embed_documents, batch_size=SENTENCE_BATCH)
     scored = score_sentences(
-        question, sentences_of(from_named or passages), embed, embedder.embed_query(question),
+        question, sentences_of(from_named or passages), partial(embedder.embed_documents, batch_size=SENTENCE_BATCH),
+        embedder.embed_query(question),
     )
     return select_evidence(scored, count_tokens, generation.evidence_tokens, generation.evidence_sentences)

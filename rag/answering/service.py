@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import TYPE_CHECKING
 
 from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, features, without_logprobs
-from rag.answering.evidence import SENTENCE_BATCH, Evidence, SentenceVectors, quote_evidence
+from rag.answering.evidence import Evidence, quote_evidence
 from rag.answering.prompting import (
     ABSTAIN_TEXT, REPLY_PREFIX, AnswerStream, answer_form, answer_text, asks_about_report, build_quote_messages,
     cited_numbers,
@@ -50,10 +49,6 @@ class AnswerService:
         self.batcher = batcher
         self.settings = settings
         self.calibrator = calibrator
-        # Sentences of passages retrieved before are not embedded again (rag.answering.evidence.SentenceVectors).
-        size = settings.generation.evidence_cache_sentences
-        embed = partial(retriever.embedder.embed_documents, batch_size=SENTENCE_BATCH)
-        self.sentence_vectors = SentenceVectors(embed, size) if size else None
 
     @property
     def min_confidence(self) -> float:
@@ -117,7 +112,7 @@ class AnswerService:
         # whose lead has an Edward; quoting only from it lost 12 of 36 such answers). docs/evaluation.md.
         named = self.retriever.focus_documents(question) if asks_about_report(question) else ()
         return quote_evidence(question, passages, self.retriever.embedder, self.llm.count_tokens,
-                              self.settings.generation, named=named, vectors=self.sentence_vectors)
+                              self.settings.generation, named=named)
 
     def _finish(
         self, question: str, form: str, passages: list[Passage], evidence: Evidence, result: "GenerationResult",
