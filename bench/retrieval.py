@@ -81,14 +81,13 @@ def measure_evidence(retriever, embedder, count_tokens, items, generation) -> di
     """Share of ``items`` whose reference span is in the top_k passages, and in the quotes the service would
     select from them (``rag.answering.evidence.quote_evidence``)."""
     from rag.answering.evidence import quote_evidence
-    from rag.answering.prompting import asks_about_report
     from rag.text import normalize_answer
 
     in_passages = in_quotes = 0
     for item in items:
         golds = [g for g in (normalize_answer(a) for a in item.answers) if g]
         passages = retriever.retrieve(item.question, retriever.settings.top_k)
-        named = retriever.focus_documents(item.question) if asks_about_report(item.question) else ()  # as the service
+        named = retriever.report_documents(item.question)  # as the service
         quotes = quote_evidence(item.question, passages, embedder, count_tokens, generation, named=named).quotes
         held = lambda texts: any(g in " ".join(normalize_answer(t) for t in texts) for g in golds)  # noqa: E731
         in_passages += held(p.chunk.text for p in passages)

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from rag.answering.focus import DocumentFocus
+from rag.answering.prompting import asks_about_report
 from rag.answering.titles import TitleIndex
 from rag.indexing.embedding import Embedder
 from rag.indexing.index import DocumentIndex
@@ -126,6 +127,17 @@ class HybridRetriever:
     def focus_documents(self, question: str) -> tuple[str, ...]:
         """The documents ``question`` points at by name (rag.answering.focus); empty before ``load``."""
         return self._focus.resolve(question) if self._focus is not None else ()
+
+    def report_documents(self, question: str) -> tuple[str, ...]:
+        """``focus_documents`` for a question about a report (``prompting.asks_about_report``), else none: the
+        documents its quotes must come from (``evidence.quote_evidence``'s ``named``).
+
+        Only for reports: a filing named by company and period is reliably found from its cover, while an
+        article's lead names people a question may mention for other reasons (squad2-dev: "Who was Edward the
+        Confessor's half-brother?" points at Harvard_University.pdf, whose lead has an Edward; quoting only from
+        the documents pointed at lost 12 of 36 such answers; docs/evaluation.md, fourth round).
+        """
+        return self.focus_documents(question) if asks_about_report(question) else ()
 
     def _focus_rankings(self, question: str, query: np.ndarray, lexical: LexicalIndex, n: int) -> list[list[int]]:
         """The dense and BM25 rankings restricted to the documents the question points at, fused into one

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, features, without_logprobs
 from rag.answering.evidence import Evidence, quote_evidence
 from rag.answering.prompting import (
-    ABSTAIN_TEXT, REPLY_PREFIX, AnswerStream, answer_form, answer_text, asks_about_report, build_quote_messages,
-    cited_numbers,
+    ABSTAIN_TEXT, REPLY_PREFIX, AnswerStream, answer_form, answer_text, build_quote_messages, cited_numbers,
     is_abstention, present,
 )
 from rag.answering.retrieval import HybridRetriever
@@ -106,13 +105,8 @@ class AnswerService:
         yield answer
 
     def _evidence(self, question: str, passages: list[Passage]) -> Evidence:
-        # Quotes from the named documents only when the question names a report: a filing named by company and
-        # period is reliably found from its cover, while an article's lead names people a question may mention
-        # for other reasons (squad2-dev: "Who was Edward the Confessor's half-brother?" names Harvard_University.pdf,
-        # whose lead has an Edward; quoting only from it lost 12 of 36 such answers). docs/evaluation.md.
-        named = self.retriever.focus_documents(question) if asks_about_report(question) else ()
         return quote_evidence(question, passages, self.retriever.embedder, self.llm.count_tokens,
-                              self.settings.generation, named=named)
+                              self.settings.generation, named=self.retriever.report_documents(question))
 
     def _finish(
         self, question: str, form: str, passages: list[Passage], evidence: Evidence, result: "GenerationResult",
