@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (confidence {answer.confidence:.2f})")
         if answer.reason:
             print(f"  ({answer.reason})")
+        if answer.unquoted_figures:
+            print(f"  (figures not in the quotes, check them: {', '.join(answer.unquoted_figures)})")
         label = "Nearest evidence (not sources)" if answer.abstained else "Quotes"
         print(f"{label}:")
         for q in answer.quotes:

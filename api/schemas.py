@@ -119,6 +119,11 @@ class QueryResponse(BaseModel):
         None, description="Calibrated probability that the answer is right (the service abstains below a threshold)."
     )
     form: str | None = Field(None, description="'short' (a span) or 'long' (sentences), chosen from the question.")
+    unquoted_figures: list[str] = Field(
+        default_factory=list,
+        description="Figures the answer states that neither its quotes nor the question state ('$1.1 billion'): "
+        "the reader should check them. A short answer with one is not given (the service abstains).",
+    )
     support: float | None = Field(None, description="Share of the answer's own words found in its quotes.")
     relevance: float | None = Field(None, description="Best cosine similarity of a retrieved passage.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
@@ -133,7 +138,7 @@ class QueryResponse(BaseModel):
             answer=answer.text, abstained=answer.abstained, reason=answer.reason,
             citations=[citation_out(c) for c in answer.citations], nearest=[citation_out(c) for c in answer.nearest],
             quotes=[quote_out(q) for q in answer.quotes], confidence=answer.confidence, form=answer.form,
-            support=answer.support,
+            unquoted_figures=list(answer.unquoted_figures), support=answer.support,
             relevance=answer.relevance, timings=dict(answer.timings), usage=dict(answer.usage),
         )
 
@@ -290,6 +295,9 @@ class RagInfo(BaseModel):
         default_factory=list, description="On an abstention, the nearest passages found (not sources); else empty."
     )
     confidence: float | None = None
+    unquoted_figures: list[str] = Field(
+        default_factory=list, description="Figures the answer states that its quotes and the question do not."
+    )
     support: float | None = None
     relevance: float | None = None
     timings: dict[str, float] = Field(default_factory=dict)
@@ -348,7 +356,8 @@ def rag_info(answer: Answer, rewrite: Rewrite | None = None) -> RagInfo:
         answer=answer.text, abstained=answer.abstained, reason=answer.reason,
         question=rewrite.question if rewrite else None, rewrite=rewrite.method if rewrite else None,
         quotes=[quote_out(q) for q in answer.quotes], nearest=[citation_out(c) for c in answer.nearest],
-        confidence=answer.confidence, support=answer.support, relevance=answer.relevance, timings=dict(answer.timings),
+        confidence=answer.confidence, unquoted_figures=list(answer.unquoted_figures), support=answer.support,
+        relevance=answer.relevance, timings=dict(answer.timings),
     )
 
 

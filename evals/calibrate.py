@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.answering.prompting import present
+from rag.answering.service import invented_figure
 from rag.answering.verification import restates_question
 from rag.evaluation.dataset import QAItem, load_set
 from rag.evaluation.metrics import Prediction, score_question
@@ -79,9 +80,11 @@ def labeled(record: dict[str, Any], item: QAItem | None = None) -> Labeled | Non
         # The service now declines such a span (``restates_question``); a run recorded before that gave it.
         # A keyword-style question's record holds the presented quote, not the span: not caught here.
         answered = False
+    quotes = tuple(Quote(**q) for q in record.get("quotes", ()))
+    if answered and form == "short" and quotes and invented_figure(record["answer"], record["question"], list(quotes)):
+        answered = False  # the service now declines a span whose figure its quotes lack (``invented_figure``)
     grounded = answered and bool(record["score"].get("grounded"))
     if answered and item is not None:
-        quotes = tuple(Quote(**q) for q in record.get("quotes", ()))
         text = present(record["question"], form, record["answer"], quotes)
         citations = tuple(Citation(**c) for c in record["citations"])
         answer = Answer(text=text, abstained=False, citations=citations)

@@ -53,7 +53,16 @@ def number_values(text: str) -> list[float]:
 
     Years and other bare integers count too; a scale word ("billion") is not applied.
     """
-    values = []
+    return [value for _, value in figures(text)]
+
+
+_SCALE = re.compile(r"\s?(thousand|million|billion|trillion)\b", re.IGNORECASE)
+
+
+def figures(text: str) -> list[tuple[str, float]]:
+    """The numbers ``text`` states, each as written ("$6,306", "14.5%", "$1.1 billion": a scale word is kept in
+    the written form but not applied to the value) and as its value (``number_values``)."""
+    found = []
     for match in _NUMBER.finditer(text):
         paren, whole, decimals = match.group(1), match.group(2), match.group(3) or ""
         try:
@@ -61,8 +70,10 @@ def number_values(text: str) -> list[float]:
         except ValueError:
             continue
         negative = match.group(0).lstrip("($ ").startswith("-") or (paren and match.group(0).endswith(")"))
-        values.append(-value if negative else value)
-    return values
+        scale = _SCALE.match(text, match.end())
+        written = match.group(0).strip() + (f" {scale.group(1)}" if scale else "")
+        found.append((written, -value if negative else value))
+    return found
 
 
 def numbers_in(text: str) -> list[str]:

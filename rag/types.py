@@ -114,6 +114,7 @@ class Answer:
     form: str | None = None  # "short" (a span) or "long" (sentences), from the question
     features: dict[str, float] = field(default_factory=dict)  # the confidence features, for evals and logs
     nearest: tuple[Citation, ...] = ()  # on an abstention: the nearest passages found (not sources)
+    unquoted_figures: tuple[str, ...] = ()  # figures the answer states that its quotes and the question do not
 
     def __post_init__(self) -> None:
         # An abstention has no sources: passages handed over as its citations are the nearest ones found, and

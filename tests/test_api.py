@@ -152,9 +152,10 @@ def test_query_stream_sends_tokens_then_final_then_done(client):
     assert names[:-2] and set(names[:-2]) == {"token"}, names
     final = events[-2][1]
     assert set(final) == {
-        "answer", "abstained", "reason", "citations", "nearest", "quotes", "confidence", "form", "support", "relevance",
-        "timings", "usage",
+        "answer", "abstained", "reason", "citations", "nearest", "quotes", "confidence", "form", "unquoted_figures",
+        "support", "relevance", "timings", "usage",
     }
+    assert final["unquoted_figures"] == []  # the span "Charles Porter" states no figure
     assert final["usage"]["completion_tokens"] > 0
     assert_answered(final, answer, page, document)
     tokens = "".join(data["text"] for name, data in events if name == "token")

@@ -203,3 +203,42 @@ def test_a_span_repeating_the_question_abstains_with_its_reason(runtime) -> None
     assert echoed.abstained and "repeats the question" in echoed.reason and echoed.draft == "Savery"
     answered = ask("Answer: Bento de Moura Portugal\nSource: [1]")
     assert not answered.abstained and answered.text == "Bento de Moura Portugal"
+
+
+def test_a_span_whose_figure_the_quotes_lack_abstains_and_a_sentence_answer_names_its_unquoted_figures(
+    runtime,
+) -> None:
+    """Real retrieval and evidence over the small index (the quote says HMS Dreadnought "of 1905"); the
+    generator's reply is fixed. A span stating another year is not given; a sentence answer is given with the
+    figure it states that no quote holds."""
+    import asyncio
+
+    from rag.answering.service import AnswerService
+
+    def ask(question: str, reply: str):
+        service = AnswerService(runtime.retriever, runtime.llm, _ScriptedBatcher(reply), runtime.settings,
+                                calibrator=None)
+        return asyncio.run(service.answer(question))
+
+    span = "In what year was HMS Dreadnought launched?"
+    invented = ask(span, "Answer: 1907\nSource: [1]")
+    assert invented.abstained and "figure is not in the quotes" in invented.reason and invented.draft == "1907"
+    quoted = ask(span, "Answer: 1905\nSource: [1]")
+    assert not quoted.abstained and quoted.text == "1905" and quoted.unquoted_figures == ()
+    sentences = ask("Why did HMS Dreadnought replace the reciprocating engine?",
+                    "Answer: HMS Dreadnought of 1905 used the steam turbine, which cost $9 million.\nSource: [1]")
+    assert not sentences.abstained and sentences.form == "long"
+    assert sentences.unquoted_figures == ("$9 million",)
+
+
+def test_calibrate_counts_a_span_with_an_unquoted_figure_as_declined() -> None:
+    """evals.calibrate re-reads older records as the service now answers: such a span is declined."""
+    from evals.calibrate import labeled
+
+    quote = {"text": "HMS Dreadnought of 1905 was the first major warship.", "document": "Steam_engine.pdf",
+             "page_start": 10, "page_end": 10, "chunk_id": 3, "score": 0.6}
+    record = {"id": "q", "set": "squad2-dev", "question": "In what year was HMS Dreadnought launched?",
+              "answerable": True, "abstained": False, "form": "short", "error": None, "features": {"relevance": 0.6},
+              "score": {"grounded": False}, "quotes": [quote], "citations": []}
+    assert not labeled({**record, "answer": "1907"}).answered
+    assert labeled({**record, "answer": "1905", "score": {"grounded": True}}).answered

@@ -174,3 +174,25 @@ def test_a_question_about_a_report_is_told_from_one_that_mentions_a_name() -> No
     # names people and places an article's lead may hold, but no report: quoted from every retrieved passage
     assert not asks_about_report("Who was Edward the Confessor's half-brother?")
     assert not asks_about_report("In what year was Henry Ware elected to chair?")
+
+
+def test_unquoted_figures_by_hand() -> None:
+    """Figures an answer states that its evidence and the question do not, compared by value as the metric does."""
+    from rag.answering.verification import unquoted_figures
+    from rag.text import figures
+
+    assert figures("R&D was $1.1 billion, (1,234) and 30.8%") == [("$1.1 billion", 1.1), ("(1,234)", -1234.0),
+                                                                   ("30.8%", 30.8)]
+    question = "How much has Microsoft invested in research and development in the first quarter of 2023?"
+    evidence = ["Research and development 6,844 7,628", "Total 1,375,500.00"]
+    assert unquoted_figures("Microsoft invested $1.1 billion in 2023.", evidence, question) == ("$1.1 billion",)
+    assert unquoted_figures("It invested $6,844 million.", evidence, question) == ()  # "$" and the scale ignored
+    assert unquoted_figures("1,375,500 in all", evidence) == ()  # 1,375,500 = 1375500.00
+    assert unquoted_figures("6,850", evidence) == ("6,850",)  # a whole number must be the quoted one...
+    assert unquoted_figures("1907", ["HMS Dreadnought of 1905"]) == ("1907",)  # (the metric's 0.5% would pass it)
+    assert unquoted_figures("31%", ["a margin of 30.8%"]) == ()  # ... or the quoted one rounded
+    assert unquoted_figures("30.79%", ["a margin of 30.8%"]) == ()  # other values within 0.5%
+    assert unquoted_figures("6,900 and 6,900 again", evidence) == ("6,900",)  # listed once
+    assert unquoted_figures("Risks:\n1. Rates\n2) Currency", evidence) == ()  # list markers are not figures
+    assert unquoted_figures("2", ["There were two kinds of X.25 networks."]) == ()  # a number written as a word
+    assert unquoted_figures("7 classes", ["Students take classes outside their concentration."]) == ("7",)

@@ -20,7 +20,7 @@ from rag.answering.prompting import (
     is_abstention, present,
 )
 from rag.answering.retrieval import HybridRetriever
-from rag.answering.verification import lexical_support_text, restates_question
+from rag.answering.verification import lexical_support_text, restates_question, unquoted_figures
 from rag.settings import Settings
 from rag.text import normalize_answer
 from rag.types import Answer, Citation, Passage, Quote
@@ -135,6 +135,13 @@ class AnswerService:
         if echoed:
             return _abstain("the answer only repeats the question's words", passages, evidence, relevance, timings,
                             draft=text, **scores)
+        invented = (not declined and form == "short" and bool(used)
+                    and invented_figure(present(question, form, text, used), question, used))
+        if invented:
+            # "How many stories does the Lavietes Pavilion have?" -> "2", no 2 (or "two") in the quotes: in the
+            # dev sets' recorded answers every such span (3 on squad2-dev) was wrong.
+            return _abstain("the answer's figure is not in the quotes", passages, evidence, relevance, timings,
+                            draft=text, **scores)
         if declined:
             return _abstain("the generator found no answer in the quotes", passages, evidence, relevance, timings,
                             **scores)
@@ -153,8 +160,14 @@ class AnswerService:
             used = used + [q for q in quotes if q not in used]
         return Answer(
             text=final, abstained=False, citations=tuple(quote_citation(q, final) for q in used), timings=timings,
-            quotes=tuple(used), relevance=relevance, **scores,
+            quotes=tuple(used), relevance=relevance,
+            unquoted_figures=unquoted_figures(final, [q.text for q in used], question), **scores,
         )
+
+
+def invented_figure(answer: str, question: str, quotes: list[Quote]) -> bool:
+    """Whether a short answer states a figure that neither its quotes nor the question state."""
+    return bool(unquoted_figures(answer, [q.text for q in quotes], question))
 
 
 def _answer_quotes(answer: str, quotes: list[Quote], cited: list[int]) -> list[Quote]:
