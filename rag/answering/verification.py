@@ -3,6 +3,9 @@
 The share of the content words the answer adds to the question that occur in the evidence: a small model
 answering from memory uses words the evidence lacks; an answer that only restates the question adds none and
 scores 0. Reported with every answer (``support``); the decision to answer is the calibrated confidence's.
+
+``unquoted_figures``: the figures an answer states that its quotes do not. A span with one is not given; a
+sentence answer lists them for the reader to check (the word-overlap metric cannot see a wrong figure).
 """
 
 from __future__ import annotations
@@ -64,9 +67,10 @@ def unquoted_figures(answer: str, evidence: Sequence[str], question: str = "") -
     each once, in order: "$1.1 billion" for R&D when the quotes hold "6,844".
 
     Values are compared as the metric compares numbers (separators, "$" and "%" ignored; equal within 0.5%),
-    except that a whole number must be the quoted one or the quoted one rounded. A scale word is not applied, so "1.1 billion" is not found in "1,100 million": such a figure is shown to the
-    reader to check, which is the point. A number the evidence writes as a word ("two kinds") counts as stated;
-    list markers ("1. ", "2) " opening a line) are not figures.
+    except that a whole number must be the quoted one or the quoted one rounded. A scale word is not applied, so
+    "1.1 billion" is not found in "1,100 million": such a figure is shown to the reader to check, which is the
+    point. A number the evidence writes as a word ("two kinds") counts as stated; list markers ("1. ", "2) "
+    opening a line) are not figures.
     """
     stated = number_values(question) + _number_words(question)
     for text in evidence:
