@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.answering.prompting import present
-from rag.answering.service import invented_figure
-from rag.answering.verification import restates_question
+from rag.answering.verification import restates_question, unquoted_figures
 from rag.evaluation.dataset import QAItem, load_set
 from rag.evaluation.metrics import Prediction, score_question
 from rag.types import Answer, Citation, Quote
@@ -81,8 +80,10 @@ def labeled(record: dict[str, Any], item: QAItem | None = None) -> Labeled | Non
         # A keyword-style question's record holds the presented quote, not the span: not caught here.
         answered = False
     quotes = tuple(Quote(**q) for q in record.get("quotes", ()))
-    if answered and form == "short" and quotes and invented_figure(record["answer"], record["question"], list(quotes)):
-        answered = False  # the service now declines a span whose figure its quotes lack (``invented_figure``)
+    if answered and form == "short" and quotes and unquoted_figures(
+        record["answer"], [q.text for q in quotes], record["question"]
+    ):
+        answered = False  # the service now declines a span whose figure its quotes lack (``unquoted_figures``)
     grounded = answered and bool(record["score"].get("grounded"))
     if answered and item is not None:
         text = present(record["question"], form, record["answer"], quotes)

@@ -186,11 +186,11 @@ def quote_evidence(
     """The evidence a prompt holds for ``question``: the passages' sentences scored, the best quoted within
     ``generation.evidence_tokens`` and ``evidence_sentences``.
 
-    ``named``: the documents the question names (the service passes ``HybridRetriever.report_documents``). When some passages come from them, only those are quoted. "Amazon's Q2 2023
-    10-Q" retrieves pages of other companies' filings too (their wording is the same), and a sentence from one
-    of those, quoted, was answered from and cited: on sec10q-dev 11 of 130 answers cited only other filings, 8
-    of them while the named filing's passages were among those retrieved. Retrieval itself still ranks every
-    document.
+    ``named``: the documents the question names (the service passes ``HybridRetriever.report_documents``). When
+    some passages come from them, only those are quoted. "Amazon's Q2 2023 10-Q" retrieves pages of other
+    companies' filings too (their wording is the same), and a sentence from one of those, quoted, was answered
+    from and cited: on sec10q-dev 11 of 130 answers cited only other filings, 8 of them while the named filing's
+    passages were among those retrieved. Retrieval itself still ranks every document.
     """
     from_named = [p for p in passages if p.chunk.document in named]
     scored = score_sentences(

@@ -228,9 +228,9 @@ class TransformersGenerator:
         ``ids``, cut to those (generate() then prefills only the rest), or a new empty cache.
 
         The chat template and the instructions open every prompt (about 100 of 330 tokens), so at concurrency 1
-        that much of the prefill, most of the time to first token on a CPU, is work already done. ``_KEPT`` caches are kept
-        (one per answer form's instructions), not a tree: prompts differ right after the shared opening. The
-        cache used is taken out while generate() writes into it: a call that fails does not put it back.
+        that much of the prefill, most of the time to first token on a CPU, is work already done. ``_KEPT`` caches
+        are kept (one per answer form's instructions), not a tree: prompts differ right after the shared opening.
+        The cache used is taken out while generate() writes into it: a call that fails does not put it back.
         """
         from transformers import DynamicCache
 
