@@ -27,8 +27,8 @@ from api.observe import REQUEST_ID_HEADER, ObserveRequests
 from api.routes import collections, documents, health, openai_compat, query
 from api.routes.page import REDOC_JS, SWAGGER_CSS, SWAGGER_FAVICON, SWAGGER_JS, add_page
 from api.schemas import ErrorOut
-from rag.answering.batching import GenerationTimeout, Overloaded
-from rag.answering.openai_generator import GeneratorUnavailable
+from rag.generation.batching import GenerationTimeout, Overloaded
+from rag.generation.openai_client import GeneratorUnavailable
 from rag.collections import Collections
 from rag.indexing.index import IndexBusy
 from rag.ingestion.documents import MB

@@ -102,7 +102,7 @@ def _find_models(settings) -> None:
 
     select_device(settings.models)
     resolve_embedder(settings.models)
-    if settings.generation.backend == "local":  # an external server holds its own model
+    if settings.generation.backend != "openai":  # an external server holds its own model
         resolve_generator(settings.models)
 
 

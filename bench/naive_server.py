@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from rag.runtime import Runtime
-    from rag.answering.generation import GenerationResult, TransformersGenerator
+    from rag.generation.base import GenerationResult
+    from rag.generation.transformers_backend import TransformersGenerator
     from rag.settings import Settings
 
 
@@ -44,7 +45,7 @@ class SerialGenerator:
         self, prompt: str, max_new_tokens: int, timeout_s: float | None = None
     ) -> AsyncIterator["str | GenerationResult"]:
         """Text deltas, then the GenerationResult; GenerationTimeout past ``timeout_s`` (waiting included)."""
-        from rag.answering.batching import GenerationTimeout
+        from rag.generation.batching import GenerationTimeout
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -90,7 +91,7 @@ def create_naive_app(settings: "Settings", runtime: "Runtime") -> "FastAPI":
     from api.deps import get_answers
     from api.routes import health, query
     from rag.answering.service import AnswerService
-    from rag.answering.batching import GenerationTimeout
+    from rag.generation.batching import GenerationTimeout
 
     if runtime.answers is None or runtime.llm is None:
         raise ValueError("the naive server needs a Runtime started with its generator")

@@ -31,7 +31,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 if TYPE_CHECKING:
-    from rag.answering.generation import TransformersGenerator
+    from rag.generation.transformers_backend import TransformersGenerator
 
 MAX_TOKENS = 1024  # the most a request may ask for
 DEFAULT_MAX_TOKENS = 256
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import uvicorn
 
-    from rag.answering.generation import TransformersGenerator
+    from rag.generation.transformers_backend import TransformersGenerator
     from rag.answering.prompting import MARKER_WORDS
     from rag.errors import ModelUnavailable
     from rag.models import resolve_generator, select_device

@@ -24,8 +24,8 @@ from rag.models import resolve_embedder, select_device
 from rag.settings import Settings
 
 if TYPE_CHECKING:
-    from rag.answering.batching import BatchingGenerator
-    from rag.answering.generation import TransformersGenerator
+    from rag.generation.batching import BatchingGenerator
+    from rag.generation.base import Generator
     from rag.answering.retrieval import HybridRetriever
     from rag.answering.service import AnswerService
     from rag.answering.confidence import Calibrator
@@ -65,7 +65,7 @@ class Runtime:
         self.embedder: SentenceTransformerEmbedder | None = embedder
         self.ingestor: Ingestor | None = None
         self.retriever: HybridRetriever | None = None
-        self.llm: TransformersGenerator | None = None  # None when started without the generator
+        self.llm: Generator | None = None  # None when started without the generator
         self.batcher: BatchingGenerator | None = None
         self.calibrator: Calibrator | None = None
         self.answers: AnswerService | None = None
@@ -173,15 +173,17 @@ class Runtime:
         self.documents = DocumentService(self.index, self.ingestor, uploads, self.settings.api.max_upload_mb)
 
     def _load_generator(self) -> None:
-        from rag.answering.backends import build_generator
+        from rag.answering.prompting import MARKER_WORDS
+        from rag.generation.backends import build_generator
 
-        self.llm = build_generator(self.settings)  # generation.backend: in-process, or an OpenAI-compatible server
+        # generation.backend: the int8 engine, transformers, or an OpenAI-compatible server
+        self.llm = build_generator(self.settings, probe_words=MARKER_WORDS)
         if callable(getattr(self.llm, "close", None)):
             self._closers.append(self.llm.close)
         self._start_batcher()
 
     def _start_batcher(self) -> None:
-        from rag.answering.batching import BatchingGenerator
+        from rag.generation.batching import BatchingGenerator
 
         self.batcher = BatchingGenerator(self.llm, self.settings.generation).start()
         self._closers.append(self.batcher.stop)

@@ -195,13 +195,30 @@ class OpenAIGeneratorSettings(BaseModel):
     )
 
 
+class CTranslate2Settings(BaseModel):
+    """The CTranslate2 engine, used when ``generation.backend`` is "ctranslate2" (or "auto" on a CPU)."""
+
+    compute_type: Literal[
+        "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32", "default"
+    ] = Field(
+        "int8", description="Weights are converted once to this type (int8: a quarter of float32's memory, several "
+        "times faster on a CPU); 'default' keeps the type of the converted model."
+    )
+    threads: int = Field(
+        0, ge=0, description="CPU threads per generation (CTranslate2's intra_threads); 0 uses every core."
+    )
+
+
 class GenerationSettings(BaseModel):
     """The generator and its request handling."""
 
-    backend: Literal["local", "openai"] = Field(
-        "local", description="'local' runs models.generator in this process; 'openai' sends each prompt to the "
-        "OpenAI-compatible server of generation.openai (prompt, verification and confidence unchanged)."
+    backend: Literal["auto", "ctranslate2", "transformers", "local", "openai"] = Field(
+        "auto", description="Where models.generator runs. 'auto': the CTranslate2 int8 engine on a CPU, "
+        "transformers (bf16) on CUDA, as models.device decides. 'ctranslate2': the int8 engine (converted once into "
+        "models.cache_dir). 'transformers' (alias 'local'): PyTorch through transformers. 'openai': each prompt goes "
+        "to the OpenAI-compatible server of generation.openai (prompt, verification and confidence unchanged)."
     )
+    ctranslate2: CTranslate2Settings = Field(default_factory=CTranslate2Settings)
     openai: OpenAIGeneratorSettings = Field(default_factory=OpenAIGeneratorSettings)
 
     max_new_tokens: int = Field(
@@ -226,7 +243,10 @@ class GenerationSettings(BaseModel):
         description="Abstain below this calibrated confidence; None takes the threshold stored with the calibrator.",
     )
     max_new_tokens_limit: int = Field(512, ge=1, description="Highest max_new_tokens a request may ask for.")
-    max_batch_size: int = Field(16, ge=1, description="Requests merged into one generate call.")
+    max_batch_size: int = Field(
+        16, ge=1, description="Requests merged into one generate call (at most; the CTranslate2 backend takes one "
+        "at a time, see rag.generation.ctranslate2_backend)."
+    )
     batch_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")
     queue_size: int = Field(64, ge=1, description="Waiting requests beyond which the API answers 503.")
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request time limit.")
@@ -241,9 +261,9 @@ class GenerationSettings(BaseModel):
     )
     prefix_cache: bool = Field(
         True,
-        description="Keep the KV cache of the last single-prompt call and reuse the tokens the next prompt shares "
-        "with it (the chat template and the instructions), so only the rest is prefilled. Single-prompt calls "
-        "without static_cache only; batched calls are unaffected.",
+        description="Reuse the prefill of the opening the prompts share (the chat template and the instructions), "
+        "so only the rest is prefilled. transformers: the kept KV cache of the last single-prompt calls, without "
+        "static_cache (batched calls are unaffected); CTranslate2: the opening as a cached static prompt.",
     )
 
 

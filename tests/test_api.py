@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.deps import get_answers, get_documents
-from rag.answering.batching import BatchingGenerator, GenerationTimeout, Overloaded
+from rag.generation.batching import BatchingGenerator, GenerationTimeout, Overloaded
 from rag.answering.service import AnswerService
 
 # squad2-dev questions (gold answer, gold page, document), checked against the PDF. This one clears the relevance

@@ -183,7 +183,7 @@ class _ScriptedBatcher:
         pass
 
     async def stream(self, prompt, max_new_tokens, timeout_s=None):
-        from rag.answering.generation import GenerationResult
+        from rag.generation.base import GenerationResult
 
         yield GenerationResult(self.reply, len(prompt), 4, "stop", token_logprobs=(-0.1, -0.1), probe_probability=0.1)
 

@@ -102,7 +102,7 @@ class _RecordingBatcher:
         pass
 
     async def stream(self, prompt, max_new_tokens, timeout_s=None):
-        from rag.answering.generation import GenerationResult
+        from rag.generation.base import GenerationResult
 
         self.prompts.append(prompt)
         yield GenerationResult("Answer: NOT IN DOCUMENTS", len(prompt), 4, "stop")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from rag.answering.batching import GenerationTimeout
+from rag.generation.batching import GenerationTimeout
 from rag.answering.followup import (
     FollowupRewriter, Turn, check_rewrite, clean_output, needs_context, rules_rewrite, topic_phrase,
 )
-from rag.answering.generation import GenerationResult
+from rag.generation.base import GenerationResult
 from rag.settings import FollowupSettings
 
 CASES = json.loads((Path(__file__).parent / "data" / "followup_cases.json").read_text(encoding="utf-8"))["cases"]

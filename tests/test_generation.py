@@ -1,4 +1,4 @@
-"""Generation (rag.answering.generation) and dynamic batching (rag.answering.batching).
+"""Generation (rag.generation.transformers_backend) and dynamic batching (rag.generation.batching).
 
 Two tiers: queueing logic against a tiny fake generator (the fake only stands in for the model's latency and
 results), and the real Qwen2.5-Coder-0.5B model under the ``e2e`` marker, kept to short prompts and a few new
@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from rag.answering.batching import BatchingGenerator, GenerationTimeout, Overloaded
-from rag.answering.generation import BatchTextStreamer, GenerationResult, TransformersGenerator, _cut_row
+from rag.generation.batching import BatchingGenerator, GenerationTimeout, Overloaded
+from rag.generation.base import GenerationResult, cut_row
+from rag.generation.transformers_backend import BatchTextStreamer, TransformersGenerator
 from rag.settings import GenerationSettings, ModelSettings
 
 
@@ -236,9 +237,9 @@ def test_bad_requests_fail_fast() -> None:
 
 
 def test_cut_row_stops_at_stop_token_or_own_budget() -> None:
-    assert _cut_row([5, 6, 2, 0, 0], budget=8, stop_ids=[2]) == ([5, 6], "stop")
-    assert _cut_row([5, 6, 7, 8, 2], budget=3, stop_ids=[2]) == ([5, 6, 7], "length")
-    assert _cut_row([5, 2], budget=1, stop_ids=[2]) == ([5], "length")
+    assert cut_row([5, 6, 2, 0, 0], budget=8, stop_ids=[2]) == ([5, 6], "stop")
+    assert cut_row([5, 6, 7, 8, 2], budget=3, stop_ids=[2]) == ([5, 6, 7], "length")
+    assert cut_row([5, 2], budget=1, stop_ids=[2]) == ([5], "length")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_embedder_fp16_on_cuda_matches_cpu():
 
 
 def test_generator_runs_in_bf16_on_cuda():
-    from rag.answering.generation import TransformersGenerator
+    from rag.generation.transformers_backend import TransformersGenerator
     from rag.models import resolve_generator
     from rag.settings import GenerationSettings, ModelSettings
 
@@ -41,7 +41,7 @@ def test_generator_runs_in_bf16_on_cuda():
 
 def test_static_cache_compiled_decoding_matches_dynamic_on_cuda():
     """On CUDA the static cache makes transformers compile the decode step; greedy answers must not change."""
-    from rag.answering.generation import TransformersGenerator
+    from rag.generation.transformers_backend import TransformersGenerator
     from rag.models import resolve_generator
     from rag.settings import GenerationSettings, ModelSettings
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from rag import models
-from rag.answering.generation import TransformersGenerator
+from rag.generation.transformers_backend import TransformersGenerator
 from rag.errors import ModelUnavailable
 from rag.indexing.embedding import SentenceTransformerEmbedder
 from rag.models import (

@@ -23,8 +23,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.deps import get_answers
 from bench.openai_server import create_openai_app
-from rag.answering.batching import BatchingGenerator
-from rag.answering.openai_generator import OpenAIChatGenerator, parse_prompt, render_messages
+from rag.generation.batching import BatchingGenerator
+from rag.generation.openai_client import OpenAIChatGenerator, parse_prompt, render_messages
 from rag.answering.prompting import REPLY_PREFIX
 from rag.answering.service import AnswerService
 from rag.runtime import Runtime

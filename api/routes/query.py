@@ -12,8 +12,8 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from api.deps import AnswersDep, ValidQuery
 from api.schemas import BAD_BODY, QueryResponse, TokenEvent
 from rag.answering.service import AnswerService
-from rag.answering.batching import GenerationTimeout, Overloaded
-from rag.answering.openai_generator import GeneratorUnavailable
+from rag.generation.batching import GenerationTimeout, Overloaded
+from rag.generation.openai_client import GeneratorUnavailable
 from rag.types import Answer
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from rag.answering.batching import GenerationTimeout, Overloaded
+from rag.generation.batching import GenerationTimeout, Overloaded
 from rag.settings import FollowupSettings
 from rag.text import STOPWORDS, content_words
 
 if TYPE_CHECKING:
-    from rag.answering.batching import BatchingGenerator
-    from rag.answering.generation import TransformersGenerator
+    from rag.generation.batching import BatchingGenerator
+    from rag.generation.base import Generator
     from rag.answering.service import AnswerService
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class FollowupRewriter:
     """
 
     def __init__(
-        self, llm: "TransformersGenerator | None", batcher: "BatchingGenerator | None", settings: FollowupSettings,
+        self, llm: "Generator | None", batcher: "BatchingGenerator | None", settings: FollowupSettings,
     ):
         if settings.mode == "generator" and (llm is None or batcher is None):
             raise ValueError("followup.mode 'generator' needs a loaded generator and its batcher")

@@ -26,8 +26,8 @@ from rag.text import normalize_answer
 from rag.types import Answer, Citation, Passage, Quote
 
 if TYPE_CHECKING:
-    from rag.answering.batching import BatchingGenerator
-    from rag.answering.generation import GenerationResult, TransformersGenerator
+    from rag.generation.batching import BatchingGenerator
+    from rag.generation.base import GenerationResult, Generator
 
 SNIPPET_CHARS = 300
 
@@ -40,7 +40,7 @@ class AnswerService:
     """
 
     def __init__(
-        self, retriever: HybridRetriever, llm: "TransformersGenerator", batcher: "BatchingGenerator",
+        self, retriever: HybridRetriever, llm: "Generator", batcher: "BatchingGenerator",
         settings: Settings, calibrator: Calibrator | None = None,
     ):
         self.retriever = retriever

@@ -35,9 +35,9 @@ from rag.types import Answer, Citation
 if TYPE_CHECKING:
     from langchain_community.vectorstores import FAISS
 
-    from rag.answering.batching import BatchingGenerator
+    from rag.generation.batching import BatchingGenerator
     from rag.runtime import Runtime
-    from rag.answering.generation import TransformersGenerator
+    from rag.generation.base import Generator
 
 PROMPT = "Answer the question based only on the following context:\n{context}\n\nQuestion: {question}"
 CHUNK_SIZE = 1000  # characters, as in the LangChain RAG tutorial
@@ -170,7 +170,7 @@ class BaselinePipeline:
     name = "baseline"
 
     def __init__(
-        self, store: "FAISS", llm: "TransformersGenerator", batcher: "BatchingGenerator", *,
+        self, store: "FAISS", llm: "Generator", batcher: "BatchingGenerator", *,
         max_new_tokens: int, timeout_s: float, context_k: int = CONTEXT_K, retrieve_k: int = RETRIEVE_K,
     ):
         if not 1 <= context_k <= retrieve_k:

@@ -1,8 +1,8 @@
-"""Text generation: the stage interface and its transformers backend.
+"""The transformers backend: a chat model in PyTorch, bf16 on CUDA, float32 on the CPU.
 
 ``TransformersGenerator`` runs a chat model with greedy decoding. ``generate_batch`` merges many prompts into ONE
 ``model.generate`` call (left padding, per-row token budgets, per-row streaming); ``yes_probability`` is a single
-forward pass used as a yes/no judge. The object is not meant to be shared by threads: ``rag.answering.batching`` gives it
+forward pass used as a yes/no judge. The object is not meant to be shared by threads: ``rag.generation.batching`` gives it
 one worker thread (a lock guards it anyway, so a direct caller cannot corrupt a running batch).
 """
 
@@ -11,67 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from transformers.generation.logits_process import LogitsProcessor
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from rag.errors import ModelUnavailable
+from rag.generation.base import (
+    NO_WORDS, YES_WORDS, GenerationResult, RowStreams, StopCheck, TokenCallback, cut_row, first_token_ids,
+    per_row_budgets, per_row_callbacks, single_token_ids, stop_token_ids,
+)
 from rag.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
-
-TokenCallback = Callable[[str], None]
-StopCheck = Callable[[], bool]  # asked once per decode step: True stops that row (its caller is gone)
-FinishReason = Literal["stop", "length"]
-
-# Qwen's chat template closes every turn with this token; generation stops on it as well as on EOS.
-CHAT_END_TOKEN = "<|im_end|>"
-# A decode that ends with U+FFFD is usually a multi-byte character cut in half: wait for the next token.
-REPLACEMENT_CHAR = "\ufffd"
-_YES_WORDS = ("Yes", " Yes")
-_NO_WORDS = ("No", " No")
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """One finished generation.
-
-    ``completion_tokens`` counts the tokens behind ``text``; the stop token itself is not counted.
-    ``finish_reason`` is "stop" when the model ended its turn, "length" when the token budget ran out.
-    """
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: FinishReason
-    # The log-probability of each kept token, and the probability that the first token was one of the
-    # generator's probe tokens (the abstain marker's first word): confidence features, empty/None when the
-    # backend cannot tell.
-    token_logprobs: tuple[float, ...] = ()
-    probe_probability: float | None = None
-    # False when the backend returned no log-probabilities at all (an external server that ignores the request):
-    # the features built from them are then marked unavailable rather than read as certain.
-    logprobs_available: bool = True
-
-
-class Generator(Protocol):
-    """Generates completions for rendered prompts, many at once, and judges yes/no questions."""
-
-    def generate_batch(
-        self,
-        prompts: list[str],
-        max_new_tokens: list[int] | int,
-        on_token: list[TokenCallback | None] | None = None,
-        stop: list[StopCheck | None] | None = None,
-    ) -> list[GenerationResult]: ...
-
-    def yes_probability(self, prompts: list[str]) -> list[float]: ...
-
 
 class TransformersGenerator:
     """A causal chat model through transformers: bf16 on CUDA, float32 on the CPU, greedy decoding.
@@ -124,10 +80,10 @@ class TransformersGenerator:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._model, self._tokenizer = model, tokenizer
-        self._stop_ids = _stop_token_ids(model, tokenizer)
-        self._yes_ids = _single_token_ids(tokenizer, _YES_WORDS)
-        self._no_ids = _single_token_ids(tokenizer, _NO_WORDS)
-        self._probe_ids = _first_token_ids(tokenizer, self.probe_words)
+        self._stop_ids = stop_token_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
+        self._yes_ids = single_token_ids(tokenizer, YES_WORDS)
+        self._no_ids = single_token_ids(tokenizer, NO_WORDS)
+        self._probe_ids = first_token_ids(tokenizer, self.probe_words)
         return self
 
     @property
@@ -180,9 +136,9 @@ class TransformersGenerator:
         ``stop[i]``, when given, is asked after every decode step; once it returns True row i generates no
         more (its result is whatever it had), and the call returns as soon as every row has stopped.
         """
-        budgets = _per_row_budgets(max_new_tokens, len(prompts))
-        callbacks = _per_row_callbacks(on_token, len(prompts))
-        stops = _per_row_callbacks(stop, len(prompts))
+        budgets = per_row_budgets(max_new_tokens, len(prompts))
+        callbacks = per_row_callbacks(on_token, len(prompts))
+        stops = per_row_callbacks(stop, len(prompts))
         if not prompts:
             return []
         import torch
@@ -271,7 +227,7 @@ class TransformersGenerator:
     def _result(
         self, row: list[int], budget: int, prompt_tokens: int, logprobs: list[float], probe: float | None,
     ) -> GenerationResult:
-        kept, finish = _cut_row(row, budget, self._stop_ids)
+        kept, finish = cut_row(row, budget, self._stop_ids)
         text = self._tokenizer.decode(kept, skip_special_tokens=True)
         return GenerationResult(
             text=text, prompt_tokens=prompt_tokens, completion_tokens=len(kept), finish_reason=finish,
@@ -370,14 +326,12 @@ class StepRecorder(LogitsProcessor):
         probe = self._probe.tolist() if self._probe is not None else [None] * batch
         return logprobs, probe
 
-
 class BatchTextStreamer(BaseStreamer):
-    """Streams text deltas per row of a batched ``generate`` call.
+    """Streams text deltas per row of a batched ``generate`` call (transformers' streamer interface over
+    ``RowStreams``).
 
     ``generate`` calls ``put`` first with the prompt ids (B, T), skipped here, then once per step with the new
-    tokens (B,) or (B, 1). Each row keeps its token ids and emits the new suffix of their decode, holding it back
-    while it ends in U+FFFD (half a multi-byte character). A row stops emitting after a stop token or its budget;
-    ``end`` flushes what was held back, so the deltas of a row add up to exactly its final text.
+    tokens (B,) or (B, 1); ``end`` flushes every row.
     """
 
     def __init__(
@@ -387,15 +341,7 @@ class BatchTextStreamer(BaseStreamer):
         budgets: Sequence[int],
         stop_ids: Sequence[int],
     ):
-        if len(callbacks) != len(budgets):
-            raise ValueError(f"{len(callbacks)} callbacks for {len(budgets)} budgets")
-        self._tokenizer = tokenizer
-        self._callbacks = list(callbacks)
-        self._budgets = list(budgets)
-        self._stop_ids = frozenset(stop_ids)
-        self._ids: list[list[int]] = [[] for _ in callbacks]
-        self._emitted = [0] * len(callbacks)  # characters of the row's decode already sent
-        self._done = [cb is None for cb in callbacks]
+        self._rows = RowStreams(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), callbacks, budgets, stop_ids)
         self._saw_prompt = False
 
     def put(self, value: Any) -> None:
@@ -404,43 +350,14 @@ class BatchTextStreamer(BaseStreamer):
             self._saw_prompt = True
             return
         step = value.reshape(-1).tolist()  # (B,)
-        if len(step) != len(self._ids):
-            raise ValueError(f"streamer got {len(step)} tokens for a batch of {len(self._ids)}")
+        if len(step) != self._rows.rows:
+            raise ValueError(f"streamer got {len(step)} tokens for a batch of {self._rows.rows}")
         for row, token in enumerate(step):
-            if not self._done[row]:
-                self._push(row, int(token))
+            self._rows.push(row, int(token))
 
     def end(self) -> None:
         """Flush every row, including text held back behind a trailing U+FFFD."""
-        for row in range(len(self._ids)):
-            if self._callbacks[row] is not None:
-                self._emit(row, final=True)
-                self._done[row] = True
-
-    def _push(self, row: int, token: int) -> None:
-        if token in self._stop_ids:
-            self._emit(row, final=True)
-            self._done[row] = True
-            return
-        self._ids[row].append(token)
-        self._emit(row, final=False)
-        if len(self._ids[row]) >= self._budgets[row]:
-            self._emit(row, final=True)
-            self._done[row] = True
-
-    def _emit(self, row: int, final: bool) -> None:
-        callback = self._callbacks[row]
-        if callback is None:
-            return
-        text = self._tokenizer.decode(self._ids[row], skip_special_tokens=True)
-        if (not final and text.endswith(REPLACEMENT_CHAR)) or len(text) <= self._emitted[row]:
-            return
-        delta, self._emitted[row] = text[self._emitted[row] :], len(text)
-        try:
-            callback(delta)
-        except Exception:  # one client going away must not break the other rows of the batch
-            log.exception("on_token callback for row %d failed; dropping it", row)
-            self._callbacks[row] = None
+        self._rows.finish_all()
 
 
 class _RowStops(StoppingCriteria):
@@ -456,68 +373,3 @@ class _RowStops(StoppingCriteria):
 
         flags = [bool(check()) if check is not None else False for check in self.checks]
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)  # (B,)
-
-
-def _cut_row(row: list[int], budget: int, stop_ids: Sequence[int]) -> tuple[list[int], FinishReason]:
-    """The tokens of one generated row up to its first stop token or its own budget, and why it ended."""
-    stops = set(stop_ids)
-    for i, token in enumerate(row[:budget]):
-        if token in stops:
-            return row[:i], "stop"
-    return row[:budget], "length"
-
-
-def _per_row_budgets(max_new_tokens: list[int] | int, n: int) -> list[int]:
-    budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(budgets) != n:
-        raise ValueError(f"got {len(budgets)} max_new_tokens values for {n} prompts")
-    bad = [b for b in budgets if not isinstance(b, int) or b < 1]
-    if bad:
-        raise ValueError(f"max_new_tokens must be integers >= 1, got {bad[:3]}")
-    return budgets
-
-
-def _per_row_callbacks(on_token: list[TokenCallback | None] | None, n: int) -> list[TokenCallback | None]:
-    if on_token is None:
-        return [None] * n
-    if len(on_token) != n:
-        raise ValueError(f"got {len(on_token)} on_token callbacks for {n} prompts")
-    return list(on_token)
-
-
-def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids from the generation config and the tokenizer, plus the chat template's end-of-turn token."""
-    ids: list[int] = []
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids.extend(configured if isinstance(configured, list) else [configured])
-    ids.append(tokenizer.eos_token_id)
-    end_of_turn = tokenizer.convert_tokens_to_ids(CHAT_END_TOKEN)
-    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
-        ids.append(end_of_turn)
-    stop_ids = sorted({int(i) for i in ids if i is not None})
-    if not stop_ids:
-        raise ModelUnavailable("the generator's tokenizer defines no EOS token; cannot tell when an answer ends")
-    return stop_ids
-
-
-def _first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
-    """The first token id of each word, spelled with and without a leading space."""
-    ids = set()
-    for word in words:
-        for spelling in (word, " " + word):
-            encoded = tokenizer.encode(spelling, add_special_tokens=False)
-            if encoded:
-                ids.add(int(encoded[0]))
-    return sorted(ids)
-
-
-def _single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
-    """Ids of the spellings of a word that are one token each (e.g. "Yes" and " Yes")."""
-    ids = set()
-    for word in words:
-        encoded = tokenizer.encode(word, add_special_tokens=False)
-        if len(encoded) == 1:
-            ids.add(int(encoded[0]))
-    if not ids:
-        raise ModelUnavailable(f"the generator's tokenizer has no single token for any of {list(words)}")
-    return sorted(ids)

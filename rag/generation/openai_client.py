@@ -28,10 +28,8 @@ from typing import Any
 
 import httpx
 
-from rag.answering.batching import GenerationTimeout
-from rag.answering.generation import (
-    GenerationResult, StopCheck, TokenCallback, _per_row_budgets, _per_row_callbacks,
-)
+from rag.generation.batching import GenerationTimeout
+from rag.generation.base import GenerationResult, StopCheck, TokenCallback, per_row_budgets, per_row_callbacks
 from rag.errors import RagError
 from rag.settings import GenerationSettings
 
@@ -125,9 +123,9 @@ class OpenAIChatGenerator:
         stop: list[StopCheck | None] | None = None,
     ) -> list[GenerationResult]:
         """One streamed request per prompt, all at once; the first failure is raised after every row ended."""
-        budgets = _per_row_budgets(max_new_tokens, len(prompts))
-        callbacks = _per_row_callbacks(on_token, len(prompts))
-        stops = _per_row_callbacks(stop, len(prompts))
+        budgets = per_row_budgets(max_new_tokens, len(prompts))
+        callbacks = per_row_callbacks(on_token, len(prompts))
+        stops = per_row_callbacks(stop, len(prompts))
         if not prompts:
             return []
         with self._lock:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rag.errors import RagError
-from rag.answering.generation import GenerationResult, Generator, TokenCallback
+from rag.generation.base import GenerationResult, Generator, TokenCallback
 from rag.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ class BatchingGenerator:
     """Merges concurrent requests into batched ``generate_batch`` calls on one worker thread.
 
     ``initial_row_seconds`` is the cost of one row of a batch assumed for admission until a batch is measured.
+    A batch holds at most ``settings.max_batch_size`` requests, and no more than the generator's
+    ``preferred_batch_size`` when it has one (the CTranslate2 backend runs rows one at a time: batching them
+    would only hold every row's result until the last is done).
 
     ``start()`` before submitting; ``stop()`` at shutdown fails whatever still waits. Exceptions raised by the
     generator reach every caller of that batch; the worker keeps serving.
@@ -91,6 +94,8 @@ class BatchingGenerator:
                 raise TypeError(f"generator must have a {name}() method, got {type(generator).__name__}")
         self.generator = generator
         self.settings = settings
+        preferred = getattr(generator, "preferred_batch_size", None)
+        self.max_batch_size = min(settings.max_batch_size, preferred or settings.max_batch_size)
         self._waiting: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._running = False
@@ -335,14 +340,14 @@ class BatchingGenerator:
             if head.call is not None:
                 return self._waiting.popleft()
             gather_until = head.enqueued_at + self.settings.batch_wait_ms / 1000
-            while self._running and self._generations_waiting() < self.settings.max_batch_size:
+            while self._running and self._generations_waiting() < self.max_batch_size:
                 remaining = gather_until - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             if not self._running:
                 return None
-            return self._take_generations(self.settings.max_batch_size)
+            return self._take_generations(self.max_batch_size)
 
     def _generations_waiting(self) -> int:
         return sum(job.call is None for job in self._waiting)
