@@ -58,14 +58,24 @@ def serve(app) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server_url(runtime) -> Iterator[str]:
-    with serve(create_openai_app(runtime.llm)) as url:
+def torch_llm(runtime):
+    """The session's model through transformers: the stand-in server decodes token by token with top
+    alternatives, which needs the model itself (the runtime's own generator may be the int8 engine)."""
+    from rag.answering.prompting import MARKER_WORDS
+    from rag.generation.backends import BACKENDS
+
+    return BACKENDS["transformers"](runtime.settings, MARKER_WORDS)
+
+
+@pytest.fixture(scope="module")
+def server_url(torch_llm) -> Iterator[str]:
+    with serve(create_openai_app(torch_llm)) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def server_without_logprobs(runtime) -> Iterator[str]:
-    with serve(create_openai_app(runtime.llm, logprobs=False)) as url:
+def server_without_logprobs(torch_llm) -> Iterator[str]:
+    with serve(create_openai_app(torch_llm, logprobs=False)) as url:
         yield url
 
 

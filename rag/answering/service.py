@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, features, without_logprobs
 from rag.answering.evidence import Evidence, quote_evidence
 from rag.answering.prompting import (
-    ABSTAIN_TEXT, REPLY_PREFIX, AnswerStream, answer_form, answer_text, build_quote_messages, cited_numbers,
+    ABSTAIN_TEXT, REPLY_PREFIX, AnswerForm, AnswerStream, answer_form, answer_text, build_quote_messages, cited_numbers,
     is_abstention, present,
 )
 from rag.answering.retrieval import HybridRetriever
@@ -74,8 +74,8 @@ class AnswerService:
         started = time.perf_counter()
         passages = await asyncio.to_thread(self.retriever.retrieve, question, top_k)
         timings["retrieve_s"] = time.perf_counter() - started
-        relevance = max((p.dense_score for p in passages if p.dense_score is not None), default=None)
-        if relevance is None or relevance < self.settings.retrieval.min_relevance:
+        relevance = _relevance(passages)
+        if not self._relevant_enough(relevance):
             timings["total_s"] = time.perf_counter() - started
             yield _abstain("no passage is relevant enough to the question", passages, Evidence((), ()), relevance,
                            timings)
@@ -86,9 +86,8 @@ class AnswerService:
         evidence_started = time.perf_counter()
         evidence = await asyncio.to_thread(self._evidence, question, passages)
         timings["evidence_s"] = time.perf_counter() - evidence_started
-        form = answer_form(question)
-        prompt = self.llm.render_chat(build_quote_messages(question, evidence.quotes, form)) + REPLY_PREFIX
-        budget = max_new_tokens or (gen.max_new_tokens if form == "long" else gen.max_new_tokens_short)
+        form, prompt, budget = self.build_prompt(question, evidence)
+        budget = max_new_tokens or budget
         result = None
         clean = AnswerStream()
         generate_started = time.perf_counter()
@@ -103,6 +102,25 @@ class AnswerService:
         answer.usage.update(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
         timings["total_s"] = time.perf_counter() - started
         yield answer
+
+    def build_prompt(self, question: str, evidence: Evidence) -> tuple[AnswerForm, str, int]:
+        """The answer form the question asks for, the rendered prompt over the quotes, and the form's token budget."""
+        gen = self.settings.generation
+        form = answer_form(question)
+        prompt = self.llm.render_chat(build_quote_messages(question, evidence.quotes, form)) + REPLY_PREFIX
+        return form, prompt, gen.max_new_tokens if form == "long" else gen.max_new_tokens_short
+
+    def prepare(self, question: str, top_k: int | None = None) -> tuple[AnswerForm, str, int] | None:
+        """``build_prompt`` for a question, retrieved and quoted as ``stream`` does; None where the relevance gate
+        abstains without generating (benchmarks compare engines on the service's real prompts with it)."""
+        passages = self.retriever.retrieve(question, top_k)
+        if not self._relevant_enough(_relevance(passages)):
+            return None
+        return self.build_prompt(question, self._evidence(question, passages))
+
+    def _relevant_enough(self, relevance: float | None) -> bool:
+        """The relevance gate: below ``retrieval.min_relevance`` the question is abstained on without generating."""
+        return relevance is not None and relevance >= self.settings.retrieval.min_relevance
 
     def _evidence(self, question: str, passages: list[Passage]) -> Evidence:
         return quote_evidence(question, passages, self.retriever.embedder, self.llm.count_tokens,
@@ -164,6 +182,11 @@ class AnswerService:
             text=final, abstained=False, citations=tuple(quote_citation(q, final) for q in used), timings=timings,
             quotes=tuple(used), relevance=relevance, unquoted_figures=missing, **scores,
         )
+
+
+def _relevance(passages: list[Passage]) -> float | None:
+    """The best passage's cosine similarity to the question (None when no passage has a dense score)."""
+    return max((p.dense_score for p in passages if p.dense_score is not None), default=None)
 
 
 def _answer_quotes(answer: str, quotes: list[Quote], cited: list[int]) -> list[Quote]:

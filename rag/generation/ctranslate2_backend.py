@@ -151,7 +151,10 @@ class CTranslate2Generator:
         self._probe_ids = first_token_ids(tokenizer, self.probe_words)
         self._yes_ids = single_token_ids(tokenizer, YES_WORDS)
         self._no_ids = single_token_ids(tokenizer, NO_WORDS)
-        self._prefixes = StaticPrefixes(tokenizer.all_special_ids) if self.settings.prefix_cache else None
+        # The chat template's markers (<|im_start|>, <|im_end|>) are added special tokens; all_special_ids may
+        # list only EOS.
+        boundaries = [i for i, token in tokenizer.added_tokens_decoder.items() if token.special]
+        self._prefixes = StaticPrefixes(boundaries) if self.settings.prefix_cache else None
         return self
 
     @property
