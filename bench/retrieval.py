@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = [{}] + [parse_variant(v) for v in args.variant]
         settings = Settings()
         # validated, so a typo in a field name or a bad value is a usage error, not a silent no-op
-        generation_fields = {"evidence_sentences", "evidence_tokens"}
+        generation_fields = {"evidence_sentences", "evidence_tokens", "evidence_sentences_long", "evidence_tokens_long"}
         configs = [type(settings.retrieval).model_validate(
             {**settings.retrieval.model_dump(), **{k: x for k, x in v.items() if k not in generation_fields}})
             for v in variants]

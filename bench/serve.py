@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--docs", type=Path, help="build a temporary index from this folder of PDFs first")
     where.add_argument("--servers", default="ours,naive",
                        help="which servers to load, comma-separated: ours, naive (default both)")
+    where.add_argument(
+        "--backends", default="",
+        help="generation backends to run the servers started here with, one after the other, comma-separated "
+        "(e.g. transformers,ctranslate2: the engine beside PyTorch float32 in one run); default the settings' own",
+    )
     load = parser.add_argument_group("load")
     load.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS,
                       help="qa.jsonl with a 'question' per line (default ../shared/eval/squad2-dev/qa.jsonl)")
@@ -100,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--servers takes ours, naive; got {args.servers!r}")
     external = {"ours": args.url, "naive": args.naive_url}
     needs_local = any(not external[name] for name in servers)
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()] or [None]
+    if backends != [None] and any(external[name] for name in servers):
+        parser.error("--backends applies to servers started here; drop --url/--naive-url")
     if needs_local and not (args.index or args.docs):
         parser.error("give --index DIR or --docs DIR for the servers started here (or --url and --naive-url)")
     if args.index and not (args.index / "store.sqlite").exists():
@@ -121,34 +129,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(questions)} questions from {args.questions}; levels {args.concurrency}, {args.requests} requests "
           f"each, max_new_tokens {args.max_new_tokens}, streaming", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        local = LocalServers(args, Path(tmp)) if needs_local else None
-        try:
-            count_tokens = local.count_tokens if local else generator_token_counter()
-            results: dict[str, list[dict[str, Any]]] = {}
-            for name in servers:
-                with _serve(external[name], local, name) as url:
-                    print(f"-- {name} at {url}", flush=True)
-                    if not asyncio.run(wait_ready(url, 120.0)):
-                        print(f"serve: error: {url}/readyz did not answer 200 within 120 s", file=sys.stderr)
-                        return 3
-                    asyncio.run(run_level(url, questions[:1], 1, 1, args, count_tokens))  # warm-up, not counted
-                    calls = local.generate_calls if local and not external[name] else None
-                    results[name] = []
-                    for concurrency in args.concurrency:
-                        level = asyncio.run(
-                            run_level(url, questions, concurrency, args.requests, args, count_tokens, calls)
-                        )
-                        results[name].append(level)
-                        print_level(level)
-        finally:
-            if local:
-                local.close()
+    results: dict[str, list[dict[str, Any]]] = {}
+    for backend in backends:
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+            local = LocalServers(args, Path(tmp), backend) if needs_local else None
+            try:
+                count_tokens = local.count_tokens if local else generator_token_counter()
+                for name in servers:
+                    label = name if backend is None else f"{name}/{backend}"
+                    with _serve(external[name], local, name) as url:
+                        print(f"-- {label} at {url}", flush=True)
+                        if not asyncio.run(wait_ready(url, 120.0)):
+                            print(f"serve: error: {url}/readyz did not answer 200 within 120 s", file=sys.stderr)
+                            return 3
+                        asyncio.run(run_level(url, questions[:1], 1, 1, args, count_tokens))  # warm-up, not counted
+                        calls = local.generate_calls if local and not external[name] else None
+                        results[label] = []
+                        for concurrency in args.concurrency:
+                            level = asyncio.run(
+                                run_level(url, questions, concurrency, args.requests, args, count_tokens, calls)
+                            )
+                            results[label].append(level)
+                            print_level(level)
+            finally:
+                if local:
+                    local.close()
 
     ratios = compare(results)
     for row in ratios:
-        print(f"concurrency {row['concurrency']:>3}: ours/naive requests/s {fmt(row['rps_ratio'], 2)}x, "
-              f"p95 ours {fmt(row['p95_ours_s'], 2)} s vs naive {fmt(row['p95_naive_s'], 2)} s")
+        print(f"concurrency {row['concurrency']:>3}: {row['server']} / {row['against']} requests/s "
+              f"{fmt(row['rps_ratio'], 2)}x, p95 {fmt(row['p95_s'], 2)} s vs {fmt(row['p95_against_s'], 2)} s")
     write_json(args.json, {
         "benchmark": "serve", "machine": info, "questions": str(args.questions), "n_questions": len(questions),
         "max_new_tokens": args.max_new_tokens, "requests_per_level": args.requests, "servers": results,
@@ -163,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
 class LocalServers:
     """One started Runtime (over --index, or an index built from --docs) behind our app and the naive one."""
 
-    def __init__(self, args: argparse.Namespace, tmp: Path):
+    def __init__(self, args: argparse.Namespace, tmp: Path, backend: str | None = None):
         from rag.runtime import Runtime
         from rag.settings import Settings
 
-        settings = Settings().with_overrides({"index": {"path": args.index or tmp / "index"}})
+        overrides: dict[str, Any] = {"index": {"path": args.index or tmp / "index"}}
+        if backend:
+            overrides["generation"] = {"backend": backend}
+        settings = Settings().with_overrides(overrides)
         if args.docs:
             started = time.perf_counter()
             report = _ingest(settings, args.docs)
@@ -177,9 +190,10 @@ class LocalServers:
         self.settings = settings
         self.runtime = Runtime(settings).start()
         gen = settings.generation
-        print(f"runtime started in {time.perf_counter() - started:.1f} s (excluded): generator on "
-              f"{self.runtime.llm.device}, max_batch_size {gen.max_batch_size}, batch_wait_ms {gen.batch_wait_ms}, "
-              f"queue_size {gen.queue_size}", flush=True)
+        print(f"runtime started in {time.perf_counter() - started:.1f} s (excluded): {settings.models.generator} "
+              f"through {type(self.runtime.llm).__name__} on {self.runtime.llm.device}, max_batch_size "
+              f"{self.runtime.batcher.max_batch_size}, batch_wait_ms {gen.batch_wait_ms}, queue_size {gen.queue_size}",
+              flush=True)
 
     def app(self, name: str):
         from api.app import create_app
@@ -446,20 +460,25 @@ def print_level(level: dict[str, Any]) -> None:
 
 
 def compare(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """ours/naive requests/s and both p95 latencies, per concurrency level both servers ran."""
-    if "naive" not in results:
-        return []
-    naive = {level["concurrency"]: level for level in results["naive"]}
+    """Requests/s ratios and both p95 latencies per concurrency level: ours against naive (each backend's), and
+    with several backends each later one's ``ours`` against the first's (the engine against PyTorch)."""
+    pairs = [(label, label.replace("ours", "naive", 1)) for label in results if label.startswith("ours")]
+    ours = [label for label in results if label.startswith("ours/")]
+    pairs += [(label, ours[0]) for label in ours[1:]]
     rows = []
-    for level in results.get("ours", []):
-        other = naive.get(level["concurrency"])
-        if other is None:
+    for label, against in pairs:
+        if against not in results:
             continue
-        rows.append({
-            "concurrency": level["concurrency"],
-            "rps_ratio": level["requests_per_s"] / other["requests_per_s"] if other["requests_per_s"] else None,
-            "p95_ours_s": level["latency_s"]["p95"], "p95_naive_s": other["latency_s"]["p95"],
-        })
+        other = {level["concurrency"]: level for level in results[against]}
+        for level in results[label]:
+            base = other.get(level["concurrency"])
+            if base is None:
+                continue
+            rows.append({
+                "concurrency": level["concurrency"], "server": label, "against": against,
+                "rps_ratio": level["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else None,
+                "p95_s": level["latency_s"]["p95"], "p95_against_s": base["latency_s"]["p95"],
+            })
     return rows
 
 

@@ -4,9 +4,11 @@ The map (one subpackage per stage; docs/architecture.md draws it):
 
     ingestion/   PDF -> pages -> chunks      pdf_parsing, parse_pool, chunking, ingestor; documents (the service)
     indexing/    chunks -> vectors -> index  embedding, vector_index (FAISS), store (SQLite), index (both, atomic)
-    answering/   question -> answer          retrieval (dense + BM25), prompting, generation, batching,
-                                             verification; service (AnswerService: gate, generate, verify, cite);
-                                             backends (generation.backend), openai_generator (external server)
+    answering/   question -> answer          retrieval (dense + BM25), evidence, prompting, verification,
+                                             confidence; service (AnswerService: gate, generate, verify, cite)
+    generation/  prompt -> tokens            base (the Generator protocol), backends (generation.backend):
+                                             ctranslate2_backend (int8 engine), transformers_backend,
+                                             openai_client (external server); batching (one worker, admission)
     evaluation/  sets -> scored report       dataset, metrics, evaluator, pipelines, sweep, report, run
     settings     one validated Settings root (RAG_* environment variables)
     runtime      the composition root: Runtime(settings).start() builds every part

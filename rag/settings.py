@@ -233,6 +233,13 @@ class GenerationSettings(BaseModel):
     evidence_sentences: int = Field(
         4, ge=1, le=32, description="Best-scoring sentences quoted (each with the sentence before it, budget allowing)."
     )
+    evidence_tokens_long: int = Field(
+        360, ge=32, le=4096, description="evidence_tokens for questions answered in sentences (explanatory and "
+        "report questions, rag.answering.prompting.answer_form)."
+    )
+    evidence_sentences_long: int = Field(
+        4, ge=1, le=32, description="evidence_sentences for questions answered in sentences."
+    )
     calibrator: Path | None = Field(
         None,
         description="Confidence model file (JSON, from `python -m evals.calibrate`); None uses the packaged "

@@ -4,6 +4,7 @@ sharing the loaded models."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,21 @@ def test_settings_refuse_a_short_answer_budget_above_the_request_limit():
     ok = Settings().with_overrides({"generation": {"max_new_tokens_short": 4, "max_new_tokens_limit": 4,
                                                    "max_new_tokens": 4}})
     assert ok.generation.max_new_tokens_limit == 4
+
+
+def test_the_ingestion_stage_imports_nothing_of_answering_or_generation():
+    """What a Ray worker (or a parse worker) imports to ingest stays out of the answering and generation stages:
+    no answer service, generator or torch is loaded onto it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import rag.ingestion.ray_engine, rag.ingestion.ingestor, rag.ingestion.parse_pool, rag.ingestion.documents\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('rag.answering', 'rag.generation', 'rag.evaluation'))"
+        " or m in ('torch', 'transformers', 'ctranslate2')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rag.answering.prompting import answer_form
 from rag.text import content_words, numbers_in
 from rag.types import Passage, Quote
 
@@ -184,7 +185,9 @@ def quote_evidence(
     generation: "GenerationSettings", named: Collection[str] = (),
 ) -> Evidence:
     """The evidence a prompt holds for ``question``: the passages' sentences scored, the best quoted within
-    ``generation.evidence_tokens`` and ``evidence_sentences``.
+    ``generation.evidence_tokens`` and ``evidence_sentences``, or ``evidence_tokens_long`` and
+    ``evidence_sentences_long`` for a question answered in sentences (``prompting.answer_form``: explanatory and
+    report questions, whose answer often rests on several sentences or table rows).
 
     ``named``: the documents the question names (the service passes ``HybridRetriever.report_documents``). When
     some passages come from them, only those are quoted. "Amazon's Q2 2023 10-Q" retrieves pages of other
@@ -197,4 +200,6 @@ def quote_evidence(
         question, sentences_of(from_named or passages), partial(embedder.embed_documents, batch_size=SENTENCE_BATCH),
         embedder.embed_query(question),
     )
+    if answer_form(question) == "long":
+        return select_evidence(scored, count_tokens, generation.evidence_tokens_long, generation.evidence_sentences_long)
     return select_evidence(scored, count_tokens, generation.evidence_tokens, generation.evidence_sentences)
