@@ -270,3 +270,18 @@ def test_the_runtime_runs_the_engine_on_a_cpu_by_default(runtime) -> None:
         pytest.skip("on CUDA the default backend is transformers")
     assert isinstance(runtime.llm, CTranslate2Generator)
     assert runtime.batcher.max_batch_size == 1
+
+
+@pytest.mark.parametrize("backend, device, expected", [
+    ("auto", "cpu", "ctranslate2"), ("auto", "cuda", "transformers"), ("local", "cpu", "transformers"),
+    ("transformers", "cpu", "transformers"), ("ctranslate2", "cuda", "ctranslate2"), ("openai", "cpu", "openai"),
+])
+def test_one_setting_chooses_the_backend_by_device(monkeypatch, backend, device, expected) -> None:
+    from rag import models
+    from rag.generation.backends import backend_name
+    from rag.settings import Settings
+
+    monkeypatch.setattr(models, "select_device", lambda _: device)
+    openai = {"openai": {"base_url": "http://127.0.0.1:9/v1"}} if backend == "openai" else {}
+    settings = Settings().with_overrides({"generation": {"backend": backend, **openai}})
+    assert backend_name(settings) == expected
