@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             payload["variants"].append(row)
             print_row(row)
             write_json(args.json, payload)
-            # Released only once the figures are written: in one CPU dry run CTranslate2 aborted the process
-            # ("Resource deadlock avoided") around the engine's release, once, not reproduced since.
+            # Released only once the figures are written: CTranslate2 aborted the process at its release in two of
+            # three CPU runs ("Resource deadlock avoided", docs/benchmarks.md).
             del llm
             free_memory()
     return 0

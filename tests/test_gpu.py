@@ -18,10 +18,10 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-QUESTIONS = [  # (question, a word the right answer holds)
+QUESTIONS = [  # (question, a word the right answer holds): four prompt lengths, facts the 0.5B knows on a CPU
     ("What is the capital of France? Answer with one word.", "Paris"),
-    ("Name the largest planet of the solar system in one word.", "Jupiter"),
-    ("Which element has the chemical symbol O? Answer with one word.", "Oxygen"),
+    ("What is the capital city of Japan? Answer with one word only, please.", "Tokyo"),
+    ("Which city is the capital of Italy? One word.", "Rome"),
     ("What colour is the sky on a clear day? Answer with one word.", "blue"),
 ]
 
@@ -101,10 +101,10 @@ def test_static_cache_compiled_decoding_matches_dynamic_on_cuda():
     static = _generator(static_cache=True)
     prompts = _prompts(plain, QUESTIONS[:2])
     expected = [r.text for r in plain.generate_batch(prompts, 8)]
-    assert "Paris" in expected[0] and "Jupiter" in expected[1]
+    assert "Paris" in expected[0] and "Tokyo" in expected[1]
     for _ in range(3):  # compile, then replay; bf16 kernels may round differently, so compare the facts
         texts = [r.text for r in static.generate_batch(prompts, 8)]
-        assert "Paris" in texts[0] and "Jupiter" in texts[1]
+        assert "Paris" in texts[0] and "Tokyo" in texts[1]
 
 
 def test_static_cache_single_request_matches_dynamic_on_cuda():
@@ -170,4 +170,4 @@ def test_ctranslate2_on_cuda_answers(tmp_path):
     engine = resolve_engine_model(models.model_copy(update={"cache_dir": tmp_path}), source, "int8_float16")
     llm = CTranslate2Generator(source, engine, "cuda", settings).load()
     results = llm.generate_batch(_prompts(llm, QUESTIONS[:2]), 8)
-    assert "Paris" in results[0].text and "Jupiter" in results[1].text
+    assert "Paris" in results[0].text and "Tokyo" in results[1].text
