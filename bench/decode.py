@@ -36,7 +36,9 @@ REQUEST = "Summarise the passage above in detail, in at least 300 words, section
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 done; 1 a variant failed (its traceback says why); 2 usage "
+                                     "error.")
     parser.add_argument("--model", action="append", required=True, metavar="SPEC",
                         help="models.generator value (a folder, a .gguf or package:NAME); repeatable")
     parser.add_argument("--backend", default="auto", choices=["auto", "transformers", "ctranslate2"],

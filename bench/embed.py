@@ -22,7 +22,8 @@ from bench._common import fmt, machine_info, parse_int_list, print_header, write
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.embed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 done; 2 usage error (no PDFs, no text, a bad number).")
     parser.add_argument("--docs", type=Path, required=True, help="folder of PDFs the passages are cut from")
     parser.add_argument("--passages", type=int, default=8192, help="passages embedded per batch size (default 8192)")
     parser.add_argument("--batch-sizes", type=parse_int_list, default=[64, 256, 1024],

@@ -144,7 +144,9 @@ def convert(gguf: Path, like: Path, out: Path, threads: int = 16) -> dict[str, f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gguf_weights", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 written; 2 usage error, a missing file, or a tensor outside "
+                                     "the Qwen2 layout.")
     parser.add_argument("--gguf", type=Path, required=True, help="the joined GGUF file")
     parser.add_argument("--like", type=Path, required=True,
                         help="a folder with the config, tokenizer and chat template (the one rag.models converted)")

@@ -459,7 +459,9 @@ def summary(steps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 the run finished (every step's status, failures included, "
+                                     "is in gpu-figures.json); 2 usage error or missing data.")
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu-figures.json ($OUT there)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-run"),
                         help="scratch folder: models, indexes, each step's JSON (default /tmp/gpu-run)")

@@ -65,6 +65,11 @@ def prepare_sources(src: Path, bundles: list[str], manuals: Path, squad: Path) -
     from rag.models import resolve_generator
     from rag.settings import ModelSettings
 
+    if "core" in bundles:  # inputs checked before a GGUF is joined
+        missing = [manuals / name for name in MANUALS_PART if not (manuals / name).is_file()]
+        missing += [p for p in (squad / "docs", squad / "qa.jsonl") if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"missing {', '.join(map(str, missing))} (the manuals: `bash bench/fetch_manuals.sh`)")
     shutil.rmtree(src, ignore_errors=True)
     files: dict[str, list[Path]] = {}
     if "core" in bundles:
@@ -80,8 +85,6 @@ def prepare_sources(src: Path, bundles: list[str], manuals: Path, squad: Path) -
         data = src / "core" / "gpu-data"
         (data / "manuals-part").mkdir(parents=True)
         for name in MANUALS_PART:
-            if not (manuals / name).is_file():
-                raise FileNotFoundError(f"{manuals / name} is missing: run `bash bench/fetch_manuals.sh` first")
             shutil.copy2(manuals / name, data / "manuals-part" / name)
         shutil.copytree(squad / "docs", data / "squad2-dev" / "docs")
         shutil.copy2(squad / "qa.jsonl", data / "squad2-dev" / "qa.jsonl")
@@ -149,7 +152,9 @@ def commands(plan: list[tuple[str, int, str]], stage_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_stage", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 staged; 1 stage.py or a download failed (the error says "
+                                     "which); 2 usage error or a missing input.")
     parser.add_argument("--bundles", default=",".join(BUNDLES), help=f"comma-separated, of {', '.join(BUNDLES)}")
     parser.add_argument("--manuals", type=Path, default=REPO / "bench-out" / "manuals",
                         help="the fetched manuals (default bench-out/manuals)")
@@ -166,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     if not stage_py.is_file():
         parser.error(f"no {stage_py}: give the shared folder with --shared")
     stage_dir = args.stage_dir.resolve()
-    files = prepare_sources(stage_dir / "src", bundles, args.manuals, args.shared / "eval" / "squad2-dev")
+    try:
+        files = prepare_sources(stage_dir / "src", bundles, args.manuals, args.shared / "eval" / "squad2-dev")
+    except (OSError, ValueError) as exc:  # a missing manual or set, a damaged GGUF package
+        print(f"gpu_stage: error: {exc}", file=sys.stderr)
+        return 2
     plan = []
     for bundle in BUNDLES:
         if bundle in bundles:
