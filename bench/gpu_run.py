@@ -291,8 +291,19 @@ def probe(ctx: Context) -> dict[str, Any]:
     return has
 
 
+def _outputs(ctx: Context, step: Step) -> list[Path]:
+    """What a step's command writes and its figures are read from."""
+    extra = {"tests": [ctx.work / "pytest-gpu.xml"], "accuracy": [ctx.work / "eval-report"]}
+    return [ctx.work / f"{step.name}.json", *extra.get(step.name, [])]
+
+
 def run_step(ctx: Context, step: Step, smoke: bool, limit_s: float) -> dict[str, Any]:
     """Run ``step``'s command with ``limit_s`` seconds, streaming its output; its status, seconds and output tail."""
+    for stale in _outputs(ctx, step):  # a rerun on the warm machine must not read an earlier run's figures
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink(missing_ok=True)
     argv = step.command(ctx, smoke)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env(ctx, smoke)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
