@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             payload["variants"].append(row)
             print_row(row)
             write_json(args.json, payload)
-            # Released only once the figures are written: CTranslate2 aborted the process at its release in two of
-            # three CPU runs ("Resource deadlock avoided", docs/benchmarks.md).
+            # Released only once the figures are written: CTranslate2 aborted the process at its release in three
+            # of four CPU runs ("Resource deadlock avoided", docs/benchmarks.md).
             del llm
             free_memory()
     return 0
