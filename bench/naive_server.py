@@ -91,6 +91,7 @@ def create_naive_app(settings: "Settings", runtime: "Runtime") -> "FastAPI":
     from api.deps import get_answers
     from api.routes import health, query
     from rag.answering.service import AnswerService
+    from rag.collections import Collections
     from rag.generation.batching import GenerationTimeout
 
     if runtime.answers is None or runtime.llm is None:
@@ -101,6 +102,9 @@ def create_naive_app(settings: "Settings", runtime: "Runtime") -> "FastAPI":
     app = FastAPI(title="grounded-rag (naive, no batching)")
     app.state.settings = settings
     app.state.runtime = runtime
+    # /readyz reads the documents through the collections (api.deps.get_documents); create_app builds them in its
+    # lifespan, this app has none, so without them /readyz answered 503 forever and bench.serve gave up on it.
+    app.state.collections = Collections(runtime)
     app.state.serial = serial
     app.include_router(health.public)
     app.include_router(health.router)

@@ -237,6 +237,7 @@ def test_json_log_format_writes_one_object_per_line():
 COMMANDS = [
     "api.main", "ingest.cli", "api.ask", "evals.cli", "evals.calibrate", "evals.choose_thresholds", "evals.ci_sample",
     "bench.openai_server", "bench.naive_server", "bench.serve", "bench.ingest", "bench.search", "bench.burst",
+    "bench.decode", "bench.embed", "bench.gguf_weights", "bench.gpu_run", "bench.gpu_stage",
 ]
 
 
