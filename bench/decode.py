@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             payload["variants"].append(row)
             print_row(row)
             write_json(args.json, payload)
-            # Released only once the figures are written: CTranslate2 aborted the process at its release in three
-            # of four CPU runs ("Resource deadlock avoided", docs/benchmarks.md).
+            # Released only once the figures are written (a CTranslate2 abort at release, since fixed, once cost
+            # a run its figures: docs/benchmarks.md).
             del llm
             free_memory()
     return 0

@@ -285,3 +285,27 @@ def test_one_setting_chooses_the_backend_by_device(monkeypatch, backend, device,
     openai = {"openai": {"base_url": "http://127.0.0.1:9/v1"}} if backend == "openai" else {}
     settings = Settings().with_overrides({"generation": {"backend": backend, **openai}})
     assert backend_name(settings) == expected
+
+
+@pytest.mark.e2e
+def test_releasing_the_engine_after_generating_does_not_abort_the_process(model_path, engine) -> None:
+    """The step callback holds no reference to the generator: when the engine's worker thread dropped it last, the
+    engine was destroyed from its own thread and the process aborted ("Resource deadlock avoided")."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys\n"
+        "from rag.generation.ctranslate2_backend import CTranslate2Generator\n"
+        "from rag.settings import GenerationSettings\n"
+        "for _ in range(2):\n"
+        "    g = CTranslate2Generator(sys.argv[1], sys.argv[2], 'cpu', GenerationSettings()).load()\n"
+        "    g.generate_batch([g.render_chat([{'role': 'user', 'content': 'Count to 20'}])], [6])\n"
+        "    del g\n"
+        "    gc.collect()\n"
+        "print('released')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, model_path, engine.engine_path], capture_output=True,
+                            text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.strip().endswith("released")

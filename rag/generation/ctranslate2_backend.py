@@ -204,7 +204,7 @@ class CTranslate2Generator:
             return []
         engine, tokenizer = self._loaded()
         with self._lock:
-            streams = RowStreams(self._decode, callbacks, budgets, self._stop_ids)
+            streams = RowStreams(_decoder(tokenizer), callbacks, budgets, self._stop_ids)
             results = []
             for row, prompt in enumerate(prompts):
                 ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -223,14 +223,17 @@ class CTranslate2Generator:
         logprobs: list[float] = []
         probe: list[float] = []
         ended = False
+        # The callback must not hold this object: the engine's worker thread may drop the callback last, and the
+        # engine destroyed from its own thread aborts the process ("Resource deadlock avoided"). Locals only.
+        probe_ids, stop_ids = list(self._probe_ids), frozenset(self._stop_ids)
 
         def on_step(step: Any) -> bool:  # called by the engine for every generated token, end token included
             nonlocal ended
             logits = np.asarray(step.logits, dtype=np.float64).reshape(-1)  # (V,)
             logz = _logsumexp(logits)
-            if step.step == 0 and self._probe_ids:
-                probe.append(float(np.exp(logits[self._probe_ids] - logz).sum()))
-            if step.token_id in self._stop_ids:
+            if step.step == 0 and probe_ids:
+                probe.append(float(np.exp(logits[probe_ids] - logz).sum()))
+            if step.token_id in stop_ids:
                 ended = True
                 return True
             tokens.append(int(step.token_id))
@@ -247,13 +250,10 @@ class CTranslate2Generator:
         self.reused_tokens += len(static)
         kept = tokens[:budget]
         return GenerationResult(
-            text=self._decode(kept), prompt_tokens=len(ids), completion_tokens=len(kept),
+            text=self._tokenizer.decode(kept, skip_special_tokens=True), prompt_tokens=len(ids), completion_tokens=len(kept),
             finish_reason="stop" if ended else "length", token_logprobs=tuple(logprobs[: len(kept)]),
             probe_probability=probe[0] if probe else None,
         )
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ judging
 
@@ -284,6 +284,11 @@ class CTranslate2Generator:
         if self._engine is None:
             raise RuntimeError("CTranslate2Generator.load() must be called first")
         return self._engine, self._tokenizer
+
+
+def _decoder(tokenizer: Any) -> Any:
+    """Token ids -> text, holding the tokenizer only (see ``_generate_row`` on what callbacks may hold)."""
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _logsumexp(values: np.ndarray) -> float:
