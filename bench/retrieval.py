@@ -83,7 +83,7 @@ def measure_evidence(retriever, embedder, count_tokens, items, generation) -> di
     from rag.answering.evidence import quote_evidence
     from rag.text import normalize_answer
 
-    in_passages = in_quotes = 0
+    in_passages = in_quotes = with_figures = figure_in_passages = figure_in_quotes = 0
     for item in items:
         golds = [g for g in (normalize_answer(a) for a in item.answers) if g]
         passages = retriever.retrieve(item.question, retriever.settings.top_k)
@@ -92,7 +92,33 @@ def measure_evidence(retriever, embedder, count_tokens, items, generation) -> di
         held = lambda texts: any(g in " ".join(normalize_answer(t) for t in texts) for g in golds)  # noqa: E731
         in_passages += held(p.chunk.text for p in passages)
         in_quotes += held(q.text for q in quotes)
-    return {"span_in_passages": in_passages / len(items), "span_in_quotes": in_quotes / len(items)}
+        wanted = reference_figures(item.answers[0]) if item.answers else []
+        if wanted:
+            with_figures += 1
+            figure_in_passages += states_any(wanted, " ".join(p.chunk.text for p in passages))
+            figure_in_quotes += states_any(wanted, " ".join(q.text for q in quotes))
+    return {"span_in_passages": in_passages / len(items), "span_in_quotes": in_quotes / len(items),
+            "with_figures": with_figures,
+            "figure_in_passages": figure_in_passages / with_figures if with_figures else None,
+            "figure_in_quotes": figure_in_quotes / with_figures if with_figures else None}
+
+
+def reference_figures(answer: str) -> list[float]:
+    """The amounts a written reference answer states (money, percentages, "million"/"billion"), years left out:
+    what a report question's quotes must hold for the answer to be read off them."""
+    from rag.text import figures
+
+    text = answer.split("SOURCE(S):")[0]
+    return [value for written, value in figures(text)
+            if any(mark in written for mark in ("$", "%", "million", "billion")) and not 1990 <= abs(value) <= 2035]
+
+
+def states_any(wanted: list[float], text: str) -> bool:
+    """Whether ``text`` states one of the ``wanted`` values (as the metric compares numbers)."""
+    from rag.text import number_values, numbers_match
+
+    have = [abs(v) for v in number_values(text)]
+    return any(numbers_match(abs(w), h) for w in wanted for h in have)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = [{}] + [parse_variant(v) for v in args.variant]
         settings = Settings()
         # validated, so a typo in a field name or a bad value is a usage error, not a silent no-op
-        generation_fields = {"evidence_sentences", "evidence_tokens", "evidence_sentences_long", "evidence_tokens_long"}
+        generation_fields = {
+            "evidence_sentences", "evidence_tokens", "evidence_sentences_long", "evidence_tokens_long",
+            "evidence_amount_bonus",
+        }
         configs = [type(settings.retrieval).model_validate(
             {**settings.retrieval.model_dump(), **{k: x for k, x in v.items() if k not in generation_fields}})
             for v in variants]
@@ -158,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             if count_tokens is not None:
                 print(f"  {'':32s} reference span in the top {config.top_k} passages {figures['span_in_passages']:.3f}, "
                       f"in the quoted evidence {figures['span_in_quotes']:.3f}")
+                if figures["with_figures"]:
+                    print(f"  {'':32s} a reference figure ({figures['with_figures']} answers state one) in the passages "
+                          f"{figures['figure_in_passages']:.3f}, in the quoted evidence {figures['figure_in_quotes']:.3f}")
     finally:
         index.close()
     return 0

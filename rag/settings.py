@@ -242,6 +242,11 @@ class GenerationSettings(BaseModel):
         "1.5B, 360 -> 1100 (and 4 -> 12 sentences) took sec10q-dev from 0.746 to 0.823 (held-out, paired +0.077 "
         "[+0.008, +0.146]); the 0.5B did not gain from it (docs/evaluation.md, seventh round)."
     )
+    evidence_amount_bonus: float = Field(
+        0.0, ge=0.0, le=1.0, description="Added to the score of an evidence sentence (or table row) that states an "
+        "amount (money, a percentage, millions), for questions about a report: the row holding the figure ranks "
+        "above the prose around it."
+    )
     evidence_sentences_long: int = Field(
         12, ge=1, le=32, description="evidence_sentences for questions answered in sentences."
     )

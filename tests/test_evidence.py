@@ -89,3 +89,24 @@ def test_quotes_come_from_the_documents_the_question_names(embedder) -> None:
     assert quoted(()) == {"2023 Q2 AAPL.pdf", "2023 Q2 AMZN.pdf"}  # both quoted when nothing is named
     assert quoted(("2023 Q2 AMZN.pdf",)) == {"2023 Q2 AMZN.pdf"}
     assert quoted(("2023 Q2 MSFT.pdf",)) == {"2023 Q2 AAPL.pdf", "2023 Q2 AMZN.pdf"}  # named, but not retrieved
+
+
+def test_states_amount_tells_report_figures_from_years_and_counts() -> None:
+    from rag.answering.evidence import states_amount
+
+    assert states_amount("Net revenue was $4.2 billion, up 12% from a year ago.")
+    assert states_amount("Operating income rose to 310 million in the quarter.")
+    assert states_amount("| Net sales | 1,204 | 1,180 |")
+    assert not states_amount("The company was founded in 1998 and has 12 plants.")
+
+
+def test_amount_bonus_lifts_the_sentence_stating_a_figure(embedder) -> None:
+    prose = "Revenue for the quarter reflected strong demand across the company's segments and regions."
+    figure = "Total revenue was $812 million."
+    sentences = sentences_of([_passage(f"{prose} {figure}", 1, "Report.pdf")])
+    question = "What was the company's revenue for the quarter?"
+    embed, query = embedder.embed_documents, embedder.embed_query(question)
+    plain = score_sentences(question, sentences, embed, query)
+    lifted = score_sentences(question, sentences, embed, query, amount_bonus=0.5)
+    assert plain[0].text == prose  # without the bonus the prose, which shares more words, wins
+    assert lifted[0].text == figure

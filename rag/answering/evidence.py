@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rag.answering.prompting import answer_form
+from rag.answering.prompting import answer_form, asks_about_report
 from rag.text import content_words, numbers_in
 from rag.types import Passage, Quote
 
@@ -118,11 +118,23 @@ def lexical_overlap(question: str, sentences: Sequence[str]) -> list[float]:
     return [sum(idf[w] for w in asked & bag) / total for bag in bags]
 
 
+def states_amount(text: str) -> bool:
+    """Whether ``text`` states an amount as reports do: money, a percentage, or a figure in millions or billions
+    (a bare year or count is not one)."""
+    return _AMOUNT.search(text) is not None
+
+
+_AMOUNT = re.compile(r"\$\s?\d|\d\s?%|\d\s+(million|billion|thousand)\b|\|\s*\(?\d{1,3}(,\d{3})+", re.IGNORECASE)
+
+
 def score_sentences(
     question: str, sentences: Sequence[Sentence], embed: Callable[[list[str]], np.ndarray],
-    query_vector: np.ndarray, dense_weight: float = 0.5,
+    query_vector: np.ndarray, dense_weight: float = 0.5, amount_bonus: float = 0.0,
 ) -> list[Sentence]:
-    """``sentences`` with their scores, best first. ``embed`` maps texts to unit vectors (n, dim)."""
+    """``sentences`` with their scores, best first. ``embed`` maps texts to unit vectors (n, dim).
+
+    ``amount_bonus`` is added to the score of a sentence that states an amount (``states_amount``): for a question
+    about a report's figures, the row or sentence holding the figure ranks above the prose around it."""
     if not sentences:
         return []
     vectors = embed([s.text for s in sentences])  # (n, dim)
@@ -132,6 +144,8 @@ def score_sentences(
     for s, d, lex in zip(sentences, dense.tolist(), lexical, strict=True):
         # A small prior for the passage's retrieval rank breaks ties towards what both retrievers liked.
         score = dense_weight * d + (1 - dense_weight) * lex - 0.01 * s.passage
+        if amount_bonus and states_amount(s.text):
+            score += amount_bonus
         scored.append(Sentence(**{**s.__dict__, "dense": float(d), "lexical": float(lex), "score": float(score)}))
     return sorted(scored, key=lambda s: s.score, reverse=True)
 
@@ -196,9 +210,10 @@ def quote_evidence(
     passages were among those retrieved. Retrieval itself still ranks every document.
     """
     from_named = [p for p in passages if p.chunk.document in named]
+    bonus = generation.evidence_amount_bonus if asks_about_report(question) else 0.0
     scored = score_sentences(
         question, sentences_of(from_named or passages), partial(embedder.embed_documents, batch_size=SENTENCE_BATCH),
-        embedder.embed_query(question),
+        embedder.embed_query(question), amount_bonus=bonus,
     )
     if answer_form(question) == "long":
         return select_evidence(scored, count_tokens, generation.evidence_tokens_long, generation.evidence_sentences_long)
