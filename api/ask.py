@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from rag.errors import EXIT_CODES, ExitCode, RagError, UsageError, error_message, exit_code
 
+QUOTE_CHARS = 320  # of a quote printed under the answer: whole sentences around the answer, cuts marked
+
 EPILOG = f"""\
 examples:
   rag-ask --index .rag-sample "What company developed the most successful steam engine indicator?"
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag.collections import (
         CollectionNotFound, check_name, collection_exists, collection_names, collection_overrides,
     )
+    from rag.answering.display import excerpt
     from rag.runtime import Runtime, quiet_libraries
     from rag.settings import Settings
 
@@ -73,15 +76,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ({answer.reason})")
         if answer.unquoted_figures:
             print(f"  (figures not in the quotes, check them: {', '.join(answer.unquoted_figures)})")
+        if answer.calculation is not None:
+            calc = answer.calculation
+            inputs = ", ".join(f"{i.written} ({i.document} p. {i.page})" for i in calc.inputs if i.document)
+            print(f"  (computed: {calc.expression} = {calc.result}; inputs: {inputs})")
+        elif answer.calculation_refused:
+            print(f"  (calculation not computed: {answer.calculation_refused})")
         label = "Nearest evidence (not sources)" if answer.abstained else "Quotes"
         print(f"{label}:")
         for q in answer.quotes:
             pages = f"p. {q.page_start}" if q.page_start == q.page_end else f"pp. {q.page_start}-{q.page_end}"
-            print(f"  - {q.document}, {pages}: \"{q.text[:240].strip()}\"")
+            shown = excerpt(q.text, "" if answer.abstained else answer.text, QUOTE_CHARS)
+            print(f"  - {q.document}, {pages}: \"{shown}\"")
         if not answer.quotes:  # an abstention's nearest passages, under the label above
             for c in answer.nearest if answer.abstained else answer.citations:
                 pages = f"p. {c.page_start}" if c.page_start == c.page_end else f"pp. {c.page_start}-{c.page_end}"
-                print(f"  - {c.document}, {pages}: \"{c.snippet[:160].strip()}...\"")
+                print(f"  - {c.document}, {pages}: \"{c.snippet}\"")
     return ExitCode.ABSTAINED if answer.abstained else ExitCode.OK
 
 

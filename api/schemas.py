@@ -17,7 +17,7 @@ from rag.collections import DEFAULT_COLLECTION, NAME_PATTERN
 from rag.answering.followup import Rewrite, Turn
 from rag.settings import Settings
 from rag.indexing.store import DocumentRecord
-from rag.types import Answer, Citation, Quote
+from rag.types import Answer, Citation, ComputedFigure, Quote
 
 
 def _integral(value: Any) -> Any:
@@ -100,6 +100,31 @@ class QuoteOut(BaseModel):
     score: float = Field(description="How well the quote's best sentence matches the question.")
 
 
+class CalculationInputOut(BaseModel):
+    """One number of a computed figure."""
+
+    written: str = Field(description="As the quote writes it ('$21,213'); a unit factor (100) as the formula has it.")
+    value: float
+    document: str | None = Field(None, description="The document of the quote stating it; none for a unit factor.")
+    page: int | None = None
+
+
+class CalculationOut(BaseModel):
+    """A figure the service computed from quoted figures (a ratio, a share, a change, a sum)."""
+
+    expression: str = Field(description="The formula over quoted numbers, as the generator wrote it (tidied).")
+    value: float
+    result: str = Field(description="The value as shown in the answer ('25.93%').")
+    inputs: list[CalculationInputOut]
+
+
+def calculation_out(figure: ComputedFigure | None) -> CalculationOut | None:
+    if figure is None:
+        return None
+    return CalculationOut(expression=figure.expression, value=figure.value, result=figure.result,
+                          inputs=[CalculationInputOut(**vars(i)) for i in figure.inputs])
+
+
 class QueryResponse(BaseModel):
     """An answer with the quotes it rests on and their citations, or an abstention with the reason."""
 
@@ -124,6 +149,13 @@ class QueryResponse(BaseModel):
         description="Figures the answer states that neither its quotes nor the question state ('$1.1 billion'): "
         "the reader should check them. A short answer with one is not given (the service abstains).",
     )
+    calculation: CalculationOut | None = Field(
+        None, description="A figure computed from quoted figures, with its formula and inputs, when the question "
+        "asks for a ratio, share, change or sum (generation.calculations).",
+    )
+    calculation_refused: str | None = Field(
+        None, description="Why the generator's calculation was not computed (an input no quote states...).",
+    )
     support: float | None = Field(None, description="Share of the answer's own words found in its quotes.")
     relevance: float | None = Field(None, description="Best cosine similarity of a retrieved passage.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
@@ -139,6 +171,7 @@ class QueryResponse(BaseModel):
             citations=[citation_out(c) for c in answer.citations], nearest=[citation_out(c) for c in answer.nearest],
             quotes=[quote_out(q) for q in answer.quotes], confidence=answer.confidence, form=answer.form,
             unquoted_figures=list(answer.unquoted_figures), support=answer.support,
+            calculation=calculation_out(answer.calculation), calculation_refused=answer.calculation_refused,
             relevance=answer.relevance, timings=dict(answer.timings), usage=dict(answer.usage),
         )
 
@@ -298,6 +331,8 @@ class RagInfo(BaseModel):
     unquoted_figures: list[str] = Field(
         default_factory=list, description="Figures the answer states that its quotes and the question do not."
     )
+    calculation: CalculationOut | None = None
+    calculation_refused: str | None = None
     support: float | None = None
     relevance: float | None = None
     timings: dict[str, float] = Field(default_factory=dict)
@@ -357,6 +392,7 @@ def rag_info(answer: Answer, rewrite: Rewrite | None = None) -> RagInfo:
         question=rewrite.question if rewrite else None, rewrite=rewrite.method if rewrite else None,
         quotes=[quote_out(q) for q in answer.quotes], nearest=[citation_out(c) for c in answer.nearest],
         confidence=answer.confidence, unquoted_figures=list(answer.unquoted_figures), support=answer.support,
+        calculation=calculation_out(answer.calculation), calculation_refused=answer.calculation_refused,
         relevance=answer.relevance, timings=dict(answer.timings),
     )
 

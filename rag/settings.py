@@ -242,6 +242,13 @@ class GenerationSettings(BaseModel):
         "1.5B, 360 -> 1100 (and 4 -> 12 sentences) took sec10q-dev from 0.746 to 0.823 (held-out, paired +0.077 "
         "[+0.008, +0.146]); the 0.5B did not gain from it (docs/evaluation.md, seventh round)."
     )
+    calculations: bool = Field(
+        False, description="For a sentence answer to a question asking for a ratio, a share, a change or a sum of "
+        "reported figures, ask the generator for a 'Calculation:' line over quoted numbers; the service computes it "
+        "with a parser (never eval), traces every input to its quote and page, and refuses it, with the reason, "
+        "when an input is not quoted (the answer is then given without it). Off by default: on the three sec10q-dev "
+        "questions that ask for one, the 1.5B wrote a formula over the wrong figures (docs/evaluation.md)."
+    )
     evidence_amount_bonus: float = Field(
         0.0, ge=0.0, le=1.0, description="Added to the score of an evidence sentence (or table row) that states an "
         "amount (money, a percentage, millions), for questions about a report: the row holding the figure ranks "

@@ -96,6 +96,27 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class CalculationInput:
+    """One number of a computed figure: as written in its quote, and where (no document for a unit factor)."""
+
+    written: str
+    value: float
+    document: str | None = None
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class ComputedFigure:
+    """A figure the service computed from quoted ones (a ratio, a change, a sum): the formula, its result as shown
+    and the inputs with their pages."""
+
+    expression: str
+    value: float
+    result: str
+    inputs: tuple[CalculationInput, ...]
+
+
+@dataclass(frozen=True)
 class Answer:
     """The outcome of one question: an answer with citations, or an abstention (no citations; the nearest
     passages in ``nearest``)."""
@@ -115,6 +136,8 @@ class Answer:
     features: dict[str, float] = field(default_factory=dict)  # the confidence features, for evals and logs
     nearest: tuple[Citation, ...] = ()  # on an abstention: the nearest passages found (not sources)
     unquoted_figures: tuple[str, ...] = ()  # figures the answer states that its quotes and the question do not
+    calculation: ComputedFigure | None = None  # a figure computed from quoted ones, when the question asks for one
+    calculation_refused: str | None = None  # why the reply's calculation was not computed (an input no quote states)
 
     def __post_init__(self) -> None:
         # An abstention has no sources: passages handed over as its citations are the nearest ones found, and

@@ -153,8 +153,9 @@ def test_query_stream_sends_tokens_then_final_then_done(client):
     final = events[-2][1]
     assert set(final) == {
         "answer", "abstained", "reason", "citations", "nearest", "quotes", "confidence", "form", "unquoted_figures",
-        "support", "relevance", "timings", "usage",
+        "calculation", "calculation_refused", "support", "relevance", "timings", "usage",
     }
+    assert final["calculation"] is None and final["calculation_refused"] is None  # not asked for one
     assert final["unquoted_figures"] == []  # the span "Charles Porter" states no figure
     assert final["usage"]["completion_tokens"] > 0
     assert_answered(final, answer, page, document)

@@ -92,3 +92,26 @@ def test_serve_quick(tmp_path, two_docs):
 
 def test_fetch_manuals_script_parses():
     assert subprocess.run(["bash", "-n", str(REPO / "bench" / "fetch_manuals.sh")]).returncode == 0
+
+
+def test_embed_engines_quick(tmp_path, two_docs):
+    """The embedder under CTranslate2 int8 beside the service's, on a real index of two squad2-dev articles."""
+    index = tmp_path / "index"
+    proc = subprocess.run([sys.executable, "-m", "ingest.cli", str(two_docs), "--index", str(index)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stdout, figures = run_bench(
+        "embed_engines", ["--set", str(eval_set("squad2-dev")), "--index", str(index), "--engines", "ct2-int8",
+                          "--speed-passages", "32", "--repeats", "1"], tmp_path / "engines.json", 900)
+    rows = {row["engine"]: row for row in figures["rows"]}
+    assert set(rows) == {"st-fp32", "ct2-int8"}
+    assert rows["ct2-int8"]["cosine_mean"] > 0.98  # int8 weights, the same model
+    assert 0.0 < rows["st-fp32"]["sets"]["squad2-dev"]["recall@5"] <= 1.0
+
+
+def test_embed_engines_needs_an_index_per_set(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.embed_engines", "--set", str(eval_set("squad2-dev")), "--index", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "store.sqlite" in proc.stderr

@@ -77,7 +77,8 @@ def test_every_input_is_traced_to_the_quote_that_states_it():
 @pytest.mark.parametrize("expression, reason", [
     ("21,213 / 80,000 * 100", "uses 80,000, which no quote states"),
     ("21213", "at least two figures"),
-    ("100 / 1000", "no figure from the quotes"),
+    ("100 / 1000", "does not combine two figures"),
+    ("21213 / 100", "does not combine two figures"),
 ])
 def test_a_number_no_quote_states_refuses_the_calculation(expression, reason):
     with pytest.raises(CalculationError, match=reason):

@@ -278,6 +278,15 @@ function showAnswer(body) {
   $("answer-box").hidden = false;
   $("answer-text").textContent = body.answer;
   $("confidence").textContent = body.confidence == null ? "" : `confidence ${Math.round(body.confidence * 100)}%`;
+  // A computed figure shows its formula and where each input is quoted; a refused one says why.
+  const calc = body.calculation;
+  const inputs = calc ? calc.inputs.filter((i) => i.document).map((i) => `${i.written} (${i.document} p. ${i.page})`) : [];
+  $("calculation").textContent = calc ? `Computed: ${calc.expression} = ${calc.result}; inputs: ${inputs.join(", ")}`
+    : body.calculation_refused ? `Calculation not computed: ${body.calculation_refused}` : "";
+  $("calculation").hidden = !$("calculation").textContent;
+  const unquoted = body.unquoted_figures || [];
+  $("unquoted").textContent = unquoted.length ? `Figures not in the quotes, check them: ${unquoted.join(", ")}` : "";
+  $("unquoted").hidden = !unquoted.length;
   $("quotes").replaceChildren(...(body.quotes || []).map((q) => el("blockquote", {},
     el("p", { textContent: `“${q.text}”` }), el("footer", {}, "— ", pdfLink(q.document, q.pages, "quote-source")),
   )));

@@ -21,14 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.text import figures, numbers_match
-from rag.types import Quote
+from rag.types import CalculationInput, ComputedFigure, Quote
 
 # Questions whose answer is computed from reported figures, not read off one of them.
 _CALCULATED = re.compile(
-    r"\b(ratio|percent(age)?|share|proportion|fraction|margin\s+(rate|percentage)|growth\s+rate|grew\s+by|"
+    r"\b(ratio\s+(of|between)|(percentage|percent|share|proportion|fraction|portion)\s+of\s+(the\s+)?"
+    r"([\w'’.-]+\s+){0,4}(revenue|sales|income|total|expenses?|costs?|assets|profit|earnings)|growth\s+rate|grew\s+by|"
     r"how\s+much\s+(did|has|have|was|were)\b.*\b(increase|decrease|grow|decline|rise|fall|change)|"
-    r"(increase|decrease|change|difference|growth)\s+(in|of|between)|by\s+how\s+much|combined|sum\s+of|"
-    r"total\s+of|what\s+portion|relative\s+to|as\s+a\s+percent(age)?\s+of)\b",
+    r"by\s+how\s+much|(increase|decrease|change|difference|growth)\s+in\s+(\w+\s+){0,3}(revenue|sales|income|"
+    r"expenses?|costs?|margin|profit|earnings|cash)\b.*\b(from|between|compared)|combined|sum\s+of|"
+    r"relative\s+to|as\s+a\s+percent(age)?\s+of)\b",
     re.IGNORECASE,
 )
 # Factors that convert units, allowed though no quote states them: a ratio to a percentage, thousands to
@@ -38,10 +40,13 @@ _LINE = re.compile(r"^\s*Calculation:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE
 _MAX_LENGTH = 200  # characters: two or three figures and their operators fit many times over
 _MAX_NUMBERS = 8
 
-INSTRUCTION = (
-    "If the answer is a ratio, a percentage, a difference, a growth rate or a sum of figures, first write one line\n"
-    "Calculation: <arithmetic using only numbers copied from the quotes, + - * / and parentheses>\n"
-    "and then the Answer line; do not do the arithmetic yourself."
+SYSTEM = (
+    "Answer the question using only the numbered quotes, never your own knowledge. The answer is computed from\n"
+    "figures in the quotes (a ratio, a percentage, a difference, a growth rate or a sum). Reply in this format:\n"
+    "Answer: <one sentence stating the figures it is computed from, copied from the quotes>\n"
+    "Calculation: <arithmetic over those numbers only, with + - * / and parentheses, e.g. 21213 / 81797 * 100>\n"
+    "Source: [<quote numbers>]\n"
+    "Do not do the arithmetic yourself: the service computes it."
 )
 
 
@@ -78,6 +83,15 @@ class Calculation:
         if abs(self.value) >= 1000 or float(self.value).is_integer():
             return f"{self.value:,.2f}".rstrip("0").rstrip(".")
         return f"{self.value:,.4f}".rstrip("0").rstrip(".")
+
+    def as_figure(self) -> ComputedFigure:
+        """Our boundary type: the formula, the result as shown, each input with its document and page."""
+        inputs = tuple(
+            CalculationInput(o.written, o.value, o.quote.document if o.quote else None,
+                             o.quote.page_start if o.quote else None)
+            for o in self.operands
+        )
+        return ComputedFigure(self.expression, self.value, self.result_text(), inputs)
 
     def explain(self) -> str:
         """The formula, its result, and where each input comes from ("[doc p. 3]")."""
@@ -168,8 +182,9 @@ def check(expression: str, quotes: Sequence[Quote]) -> Calculation:
             operands.append(Operand(_plain(number), number, None))
         else:
             raise CalculationError(f"the calculation uses {_plain(number)}, which no quote states")
-    if not any(o.quote is not None for o in operands):
-        raise CalculationError("the calculation uses no figure from the quotes")
+    if sum(o.quote is not None for o in operands) < 2:
+        # "324 / 100" turns one figure into another unit: no ratio, change or sum of reported figures
+        raise CalculationError("the calculation does not combine two figures from the quotes")
     return Calculation(text, value, tuple(operands))
 
 

@@ -7,6 +7,9 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
+from rag.answering.calculation import SYSTEM as CALCULATION_SYSTEM
+from rag.answering.calculation import asks_for_calculation
+
 if TYPE_CHECKING:
     from rag.answering.evidence import Quote
 
@@ -133,11 +136,26 @@ def present(question: str, form: AnswerForm, answer: str, quotes: Sequence["Quot
         # what it measures or for which period; the quoted sentence holding it does.
         from rag.text import normalize_answer
 
-        quote = _holding(text, quotes).text
-        return text if normalize_answer(quote) in normalize_answer(text) else f"{text.rstrip('.')}. {quote}"
+        statement = stating_sentence(text, quotes)
+        if not statement or normalize_answer(statement) in normalize_answer(text):
+            return text
+        return f"{text.rstrip('.')}. {statement}"
     if search_style(question) and quotes:
         return _holding(answer, quotes).text
     return short_span(answer, question)
+
+
+def stating_sentence(answer: str, quotes: Sequence["Quote"]) -> str:
+    """The sentence (or table row) of the quotes that states ``answer``; where none does, the first sentence of the
+    quote holding it that is not a dateline or a heading ("" when there is none): what a bare figure is followed by."""
+    from rag.answering.display import is_heading, states
+    from rag.answering.evidence import split_sentences
+
+    sentences = [s for q in quotes for s in split_sentences(q.text)]
+    stating = next((s for s in sentences if states(s, answer) and not is_heading(s)), None)
+    if stating is not None:
+        return stating
+    return next((s for s in split_sentences(_holding(answer, quotes).text) if not is_heading(s)), "")
 
 
 def _holding(answer: str, quotes: Sequence["Quote"]) -> "Quote":
@@ -149,11 +167,20 @@ def _holding(answer: str, quotes: Sequence["Quote"]) -> "Quote":
     return (holding or list(quotes))[0]
 
 
-def build_quote_messages(question: str, quotes: Sequence["Quote"], form: AnswerForm) -> list[dict[str, str]]:
-    """Chat messages: the rules for the answer form, then the numbered quotes (with their source) and the question."""
+def build_quote_messages(
+    question: str, quotes: Sequence["Quote"], form: AnswerForm, calculate: bool = False,
+) -> list[dict[str, str]]:
+    """Chat messages: the rules for the answer form, then the numbered quotes (with their source) and the question.
+
+    ``calculate``: a sentence answer to a question asking for a ratio, change or sum is also asked for a
+    ``Calculation:`` line (``rag.answering.calculation``); other prompts are unchanged, so their shared prefix and
+    recorded answers stay valid."""
     blocks = [f"[{i}] ({q.document}, p. {q.page_start}) {q.text}" for i, q in enumerate(quotes, start=1)]
     user = "Quotes:\n" + "\n".join(blocks) + f"\n\nQuestion: {question}"
-    return [{"role": "system", "content": QUOTES_SYSTEM[form]}, {"role": "user", "content": user}]
+    system = QUOTES_SYSTEM[form]
+    if calculate and form == "long" and asks_for_calculation(question):
+        system = f"{CALCULATION_SYSTEM}\nIf the quotes do not state the figures, reply: Answer: {ABSTAIN_MARKER}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 # What counts as the model declining: our marker and the ways small models paraphrase it.
@@ -182,8 +209,8 @@ def cited_numbers(text: str, n_passages: int) -> list[int]:
 
 
 def answer_text(text: str) -> str:
-    """The answer alone: without the "Answer:" label, the "Source:" line and [n] markers."""
-    text = re.split(r"\n\s*sources?\s*:", text, maxsplit=1, flags=re.IGNORECASE)[0]
+    """The answer alone: without the "Answer:" label, the "Source:" and "Calculation:" lines and [n] markers."""
+    text = re.split(r"\n\s*(sources?|calculation)\s*:", text, maxsplit=1, flags=re.IGNORECASE)[0]
     text = re.sub(r"^\s*answer\s*:\s*", "", text, flags=re.IGNORECASE)
     return re.sub(r"\s*\[\d{1,2}\]", "", text).strip()
 
@@ -195,7 +222,8 @@ class AnswerStream:
     concatenated output equals the final answer text whenever the model keeps to the format.
     """
 
-    _PARTIAL_TAIL = re.compile(r"(\[\d{0,2}|\n\s*[A-Za-z]{0,7}:?\s*\[?\d{0,2})$")
+    # "Calculation" is the longest line label a reply has (11 letters)
+    _PARTIAL_TAIL = re.compile(r"(\[\d{0,2}|\n\s*[A-Za-z]{0,11}:?\s*\[?\d{0,2})$")
 
     def __init__(self) -> None:
         self.raw = ""

@@ -13,16 +13,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from rag.answering.confidence import Calibrator, Generated, answer_in_evidence, features, without_logprobs
+from rag.answering.confidence import Calibrator, Generated, features, without_logprobs
+from rag.answering.display import excerpt
 from rag.answering.evidence import Evidence, quote_evidence
-from rag.answering.prompting import (
-    ABSTAIN_TEXT, REPLY_PREFIX, AnswerForm, AnswerStream, answer_form, answer_text, build_quote_messages, cited_numbers,
-    is_abstention, present,
-)
+from rag.answering.finishing import finish, read_reply
+from rag.answering.prompting import ABSTAIN_TEXT, REPLY_PREFIX, AnswerForm, AnswerStream, answer_form, build_quote_messages
 from rag.answering.retrieval import HybridRetriever
-from rag.answering.verification import lexical_support_text, restates_question, unquoted_figures
+from rag.answering.verification import lexical_support_text
 from rag.settings import Settings
-from rag.text import normalize_answer
 from rag.types import Answer, Citation, Passage, Quote
 
 if TYPE_CHECKING:
@@ -107,7 +105,8 @@ class AnswerService:
         """The answer form the question asks for, the rendered prompt over the quotes, and the form's token budget."""
         gen = self.settings.generation
         form = answer_form(question)
-        prompt = self.llm.render_chat(build_quote_messages(question, evidence.quotes, form)) + REPLY_PREFIX
+        messages = build_quote_messages(question, evidence.quotes, form, calculate=gen.calculations)
+        prompt = self.llm.render_chat(messages) + REPLY_PREFIX
         return form, prompt, gen.max_new_tokens if form == "long" else gen.max_new_tokens_short
 
     def prepare(self, question: str, top_k: int | None = None) -> tuple[AnswerForm, str, int] | None:
@@ -130,79 +129,37 @@ class AnswerService:
         self, question: str, form: str, passages: list[Passage], evidence: Evidence, result: "GenerationResult",
         relevance: float, timings: dict[str, float],
     ) -> Answer:
-        """Turn generated text into a quoted, cited Answer, or an abstention when it declines or is unsure."""
-        raw = result.text
-        text = answer_text(raw)
-        declined = is_abstention(raw) or not text
-        # A span made only of the question's own words ("Savery" to "Who improved the Savery pump?") is what the
-        # model writes when the quotes hold no answer: treated as declining, whatever its confidence.
-        echoed = not declined and form == "short" and restates_question(text, question)
-        declined = declined or echoed
-        quotes = list(evidence.quotes)
-        used = _answer_quotes(text, quotes, cited_numbers(raw, len(quotes)))
+        """Turn generated text into a quoted, cited Answer, or an abstention when a check of
+        ``rag.answering.finishing`` declines it (the generator declined, echoed the question, is unsure...)."""
+        draft = read_reply(question, form, result.text, evidence.quotes)
         generated = Generated(
-            text="" if declined else text, declined=declined, token_logprobs=result.token_logprobs,
+            text="" if draft.declined else draft.text, declined=draft.declined, token_logprobs=result.token_logprobs,
             probe_probability=result.probe_probability,
         )
-        values = features(question, form, passages, evidence, generated, used)
+        values = features(question, form, passages, evidence, generated, list(draft.used))
         if not result.logprobs_available:  # an external server that sent none: neutral values, marked as such
             values = without_logprobs(values, self.calibrator)
         confidence = None if self.calibrator is None else self.calibrator.confidence(values)
-        support = lexical_support_text(text, " ".join(q.text for q in used), question) if used else 0.0
+        verdict = finish(draft, confidence, self.min_confidence, calculate=self.settings.generation.calculations)
+        done = verdict.draft
+        support = lexical_support_text(draft.text, " ".join(q.text for q in draft.used), question) if (
+            draft.used) else 0.0
         scores = dict(support=support, confidence=confidence, form=form, features=values)
-        if echoed:
-            return _abstain("the answer only repeats the question's words", passages, evidence, relevance, timings,
-                            draft=text, **scores)
-        final = present(question, form, text, used) if used else text
-        # A span is checked against the quotes that hold it; sentences, written from every quote shown (and cited
-        # with them all, below), against every quote.
-        checked = used if form == "short" else quotes
-        missing = unquoted_figures(final, [q.text for q in checked], question) if used and not declined else ()
-        if form == "short" and missing:
-            # "How many stories does the Lavietes Pavilion have?" -> "2", no 2 (or "two") in the quotes: in the
-            # dev sets' recorded answers every such span (3 on squad2-dev) was wrong.
-            return _abstain("the answer's figure is not in the quotes", passages, evidence, relevance, timings,
-                            draft=text, **scores)
-        if declined:
-            return _abstain("the generator found no answer in the quotes", passages, evidence, relevance, timings,
-                            **scores)
-        if not used:
-            return _abstain("the answer is not in the quoted evidence", passages, evidence, relevance, timings,
-                            draft=text, **scores)
-        if confidence is not None and confidence < self.min_confidence:
-            return _abstain(
-                f"confidence {confidence:.2f} is below {self.min_confidence:.2f}", passages, evidence, relevance,
-                timings, draft=text, **scores,
-            )
-        if form == "long":
-            # Sentences are written from every quote the generator was shown: cite them all, the ones the answer
-            # visibly rests on first (a span answer cites only the quotes that hold it).
-            used = used + [q for q in quotes if q not in used]
+        if verdict.reason is not None:
+            draft_text = {"draft": draft.text} if verdict.keeps_draft else {}
+            return _abstain(verdict.reason, passages, evidence, relevance, timings, **draft_text, **scores)
+        cited = verdict.cited
         return Answer(
-            text=final, abstained=False, citations=tuple(quote_citation(q, final) for q in used), timings=timings,
-            quotes=tuple(used), relevance=relevance, unquoted_figures=missing, **scores,
+            text=done.presented, abstained=False, citations=tuple(quote_citation(q, done.presented) for q in cited),
+            timings=timings, quotes=cited, relevance=relevance, unquoted_figures=done.unquoted,
+            calculation=done.calculation.as_figure() if done.calculation else None,
+            calculation_refused=done.calculation_refused, **scores,
         )
 
 
 def _relevance(passages: list[Passage]) -> float | None:
     """The best passage's cosine similarity to the question (None when no passage has a dense score)."""
     return max((p.dense_score for p in passages if p.dense_score is not None), default=None)
-
-
-def _answer_quotes(answer: str, quotes: list[Quote], cited: list[int]) -> list[Quote]:
-    """The quotes the answer rests on: those containing the answer span, else the ones the model cited, else
-    those sharing the most of its words (never a guess from rank alone)."""
-    if not answer:
-        return []
-    containing = [q for q in quotes if answer_in_evidence(answer, [q])]
-    if containing:
-        return containing[:2]
-    if cited:
-        return [quotes[n - 1] for n in cited][:3]
-    words = set(normalize_answer(answer).split())
-    overlaps = [len(words & set(normalize_answer(q.text).split())) for q in quotes]
-    best = max(overlaps, default=0)
-    return [q for q, o in zip(quotes, overlaps) if o == best and best > 0][:2]
 
 
 def _abstain(
@@ -237,9 +194,5 @@ def citation(passage: Passage, answer: str = "") -> Citation:
 
 
 def snippet(text: str, answer: str = "") -> str:
-    """Up to SNIPPET_CHARS of ``text``: around the answer where the passage contains it, else its start."""
-    at = text.lower().find(answer.lower().strip(" .")) if answer.strip(" .") else -1
-    if at < 0 or len(text) <= SNIPPET_CHARS:
-        return text[:SNIPPET_CHARS]
-    start = max(0, min(at - SNIPPET_CHARS // 3, len(text) - SNIPPET_CHARS))
-    return text[start:start + SNIPPET_CHARS]
+    """Up to SNIPPET_CHARS of ``text``: whole sentences around the one holding the answer, cuts marked "…"."""
+    return excerpt(text, answer, SNIPPET_CHARS)
