@@ -35,17 +35,17 @@ from rag.evaluation.calibration import (
 EXIT_USAGE = 2
 
 
-def read_records(folder: Path) -> list[dict[str, Any]]:
-    """The "ours" records of a rag-eval report folder, each with the set's name under "set"."""
+def read_records(folder: Path, pipeline: str = "ours") -> list[dict[str, Any]]:
+    """The ``pipeline``'s records of a rag-eval report folder, each with the set's name under "set"."""
     report = folder / "report.json"
     rows: list[dict[str, Any]] = []
     if report.exists():
         data = json.loads(report.read_text(encoding="utf-8"))
         for entry in data.get("sets", []):
-            for record in (entry.get("results", {}).get("ours") or {}).get("records", []):
+            for record in (entry.get("results", {}).get(pipeline) or {}).get("records", []):
                 rows.append({**record, "set": entry["name"]})
     if not rows:
-        for partial in sorted((folder / "partial").glob("*.ours.jsonl")):
+        for partial in sorted((folder / "partial").glob(f"*.{pipeline}.jsonl")):
             set_name = partial.name.split(".")[0]
             for line in partial.read_text(encoding="utf-8").splitlines():
                 if line.strip():

@@ -10,6 +10,9 @@ difficulty cancels out.
     python -m evals.compare_runs --a eval-out/05b-squad2 eval-out/05b-clapnq eval-out/05b-sec10q \\
         --b eval-out/15b-squad2 eval-out/15b-clapnq eval-out/15b-sec10q --features relevance,long_form
 
+With ``--baseline FOLDER...`` instead of ``--b``, side B is the LangChain baseline's records of those folders
+(``rag-eval --pipeline baseline``): a pipeline without a gate, each answer's outcome taken as recorded.
+
 exit codes: 0 ok; 2 usage error (no records, sides that share no question)
 """
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evals.calibrate import labeled, latest_records, set_items
+from evals.calibrate import labeled, latest_records, read_records, set_items
 from rag.evaluation.calibration import Labeled, held_out_questions
 
 EXIT_USAGE = 2
@@ -40,6 +43,19 @@ def held_out_right(rows: list[Labeled], names: list[str]) -> dict[tuple[str, str
     return right
 
 
+def recorded_right(folders: list[Path]) -> dict[tuple[str, str], tuple[bool, bool]]:
+    """(set, id) -> (right as recorded, the same) for the baseline records of ``folders``: it has no gate, so
+    what it gives is what it answers."""
+    right: dict[tuple[str, str], tuple[bool, bool]] = {}
+    for folder in folders:
+        for r in read_records(folder, "baseline"):
+            if r.get("error"):
+                continue
+            outcome = bool(r["score"].get("grounded")) if not r["abstained"] else not r["answerable"]
+            right[(r["set"], r["id"])] = (outcome, outcome)
+    return right
+
+
 def paired(a: list[bool], b: list[bool], seed: int = 0, rounds: int = 2000) -> tuple[float, float, float]:
     """mean(b) - mean(a) and its 95% paired bootstrap interval."""
     diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
@@ -53,13 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.compare_runs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", type=Path, nargs="+", required=True, help="gates-open report folders of side A")
-    parser.add_argument("--b", type=Path, nargs="+", required=True, help="gates-open report folders of side B")
+    side_b = parser.add_mutually_exclusive_group(required=True)
+    side_b.add_argument("--b", type=Path, nargs="+", help="gates-open report folders of side B")
+    side_b.add_argument("--baseline", type=Path, nargs="+", help="report folders whose baseline records are side B")
     parser.add_argument("--features", default="relevance,long_form", help="confidence features (default relevance,long_form)")
     parser.add_argument("--sets-root", type=Path, default=Path("../shared/eval"), help="the sets, to score again")
     args = parser.parse_args(argv)
     names = args.features.split(",")
     sides = []
-    for folders in (args.a, args.b):
+    for folders in (args.a, args.b or []):
+        if not folders:
+            sides.append(recorded_right(args.baseline))
+            continue
         records = latest_records(folders)
         items = set_items(args.sets_root, {r["set"] for r in records})
         rows = [row for r in records if (row := labeled(r, items.get(r["id"]))) is not None]
