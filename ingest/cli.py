@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from rag.collections import CollectionNotFound, check_name, collection_overrides
 from rag.errors import EXIT_CODES, ExitCode, RagError, UsageError, error_message, exit_code
+from rag.ingestion.ocr import INSTALL_HINT, ocr_status, tesseract_version
 from rag.settings import Settings
 from rag.types import IngestReport
 
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError("give DOCS_DIR (the folder to ingest) or --remove DOCUMENT")
             if args.ray_address and settings.ingest.engine != "ray":
                 raise UsageError("--ray-address needs --engine ray (or RAG_INGEST__ENGINE=ray)")
+            if settings.ingest.ocr == "on" and tesseract_version() is None:
+                raise UsageError(f"ingest.ocr is 'on' but Tesseract is not installed ({INSTALL_HINT})")
+            if not args.json and not args.quiet:
+                print(ocr_status(settings.ingest), file=sys.stderr)
             report = run(settings, args.docs_dir, rebuild=args.rebuild, show_progress=not (args.quiet or args.json))
     except (RagError, ValidationError) as exc:
         print(f"rag-ingest: error: {error_message(exc)}", file=sys.stderr)
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"removed {document} ({chunks} chunks) from {settings.index.path}", file=sys.stderr)
         return ExitCode.OK
     if args.json:
-        print(json.dumps(report_dict(report, settings.index.path), indent=2))
+        print(json.dumps({**report_dict(report, settings.index.path), "ocr": ocr_status(settings.ingest)}, indent=2))
     else:
         print(summary(report, settings.index.path), file=sys.stderr)
     return ExitCode.PARTIAL if report.failed else ExitCode.OK
@@ -166,7 +171,8 @@ def summary(report: IngestReport, index_path: Path) -> str:
     lines = [
         f"files: {report.new} new, {report.changed} changed, {report.unchanged} unchanged, "
         f"{report.removed} removed, {len(report.failed)} failed",
-        f"pages: {report.pages}  chunks: +{report.chunks_added} -{report.chunks_removed} "
+        f"pages: {report.pages} ({report.ocr_pages} read by OCR)  "
+        f"chunks: +{report.chunks_added} -{report.chunks_removed} "
         f"(total {report.chunks_total})  time: {report.seconds:.1f} s  ({report.pages_per_second:.1f} pages/s)",
         f"index: {index_path}",
     ]

@@ -91,6 +91,18 @@ class IngestSettings(BaseModel):
         1, ge=0, description="A document whose pages average fewer extracted characters is treated as "
         "image-only (scanned, no text layer) and skipped."
     )
+    ocr: Literal["auto", "on", "off"] = Field(
+        "auto", description="Read pages without a text layer (scans) with Tesseract: 'auto' wherever it is installed "
+        "(apt-get install tesseract-ocr tesseract-ocr-eng; pip install -e '.[ocr]'), 'on' (an error without it), "
+        "'off' (such PDFs are reported as image-only and skipped)."
+    )
+    ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution pages are rendered at for OCR.")
+    ocr_language: str = Field("eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$",
+                              description="Tesseract language(s), e.g. 'eng' or 'eng+deu' (their packs installed).")
+    ocr_below_chars: int = Field(
+        20, ge=1, description="A page whose text layer has fewer visible characters than this is OCR'd (a scan's "
+        "page often carries a stray page number or an invisible header)."
+    )
     engine: Literal["local", "ray"] = Field(
         "local", description="'local' parses in a process pool on this machine and embeds in this process; "
         "'ray' runs parsing, chunking and embedding as Ray Data stages on a Ray cluster (pip install -e '.[ray]'), "

@@ -25,6 +25,7 @@ class ParsedDocument:
     path: Path
     content_hash: str  # sha256 of the file bytes
     pages: tuple[Page, ...]
+    ocr_pages: int = 0  # pages whose text Tesseract read (no text layer)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class PageRange:
     failures: tuple[tuple[int, str], ...]
     page_count: int
     content_hash: str
+    ocr_pages: tuple[int, ...] = ()  # 1-based pages of this range whose text Tesseract read
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class IngestReport:
     removed: int = 0
     failed: list[FileFailure] = field(default_factory=list)
     pages: int = 0
+    ocr_pages: int = 0  # pages without a text layer, read by Tesseract
     chunks_added: int = 0
     chunks_removed: int = 0
     chunks_total: int = 0

@@ -50,8 +50,9 @@ def squad_doc(name: str) -> Path:
 def make_settings(index_dir: Path, **overrides) -> Settings:
     """Settings for tests: the index in ``index_dir``, one worker; ``overrides`` as ``section__field=value``.
 
-    Built through ``Settings.with_overrides``, so every value is validated as a real configuration is."""
-    nested: dict[str, dict] = {"index": {"path": index_dir}, "ingest": {"workers": 1}}
+    Built through ``Settings.with_overrides``, so every value is validated as a real configuration is. OCR is off
+    (``ingest.ocr`` "auto" depends on whether the machine has Tesseract): tests of it turn it on themselves."""
+    nested: dict[str, dict] = {"index": {"path": index_dir}, "ingest": {"workers": 1, "ocr": "off"}}
     for dotted, value in overrides.items():
         section, field = dotted.split("__")
         nested.setdefault(section, {})[field] = value

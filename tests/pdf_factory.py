@@ -150,3 +150,18 @@ def large_array_pdf(path: Path, pages: list[str], elements: int = 150_000) -> Pa
     writer.pages[0][NameObject("/RagTestArray")] = ArrayObject(NumberObject(i % 10) for i in range(elements))
     writer.write(path)
     return path
+
+
+def image_only_copy(source: Path, path: Path, pages: list[int], dpi: int = 150) -> Path:
+    """A scan of real pages: ``pages`` (1-based) of ``source`` rendered to images (pypdfium2) and written as an
+    image-only PDF (Pillow), so no text layer is left, as from a scanner or a fax."""
+    import pypdfium2  # noqa: PLC0415 - only this helper renders pages
+
+    document = pypdfium2.PdfDocument(str(source))
+    try:
+        images = [document[number - 1].render(scale=dpi / 72, grayscale=True).to_pil().convert("RGB")
+                  for number in pages]
+    finally:
+        document.close()
+    images[0].save(path, "PDF", resolution=float(dpi), save_all=True, append_images=images[1:])
+    return path

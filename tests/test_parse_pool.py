@@ -41,7 +41,8 @@ def test_page_ranges_in_workers_match_one_process(tmp_path, embedder):
         ("cut.pdf", pdf_factory.truncated_pdf(docs / "cut.pdf", sec)),
     ]
     files = [(name, Path(path)) for name, path in files]
-    settings = Settings().with_overrides({"ingest": {"pages_per_task": 3}})  # every file above but cut.pdf: ranges
+    # every file above but cut.pdf: ranges; OCR off, so the scan is refused (tests/test_ocr.py reads scans)
+    settings = Settings().with_overrides({"ingest": {"pages_per_task": 3, "ocr": "off"}})
 
     serial = _results(files, tokenizer_path, settings, workers=1)
     pooled = _results(files, tokenizer_path, settings, workers=2)

@@ -37,7 +37,7 @@ from tests.pdf_factory import (
     zero_byte_pdf,
 )
 
-SETTINGS = IngestSettings()
+SETTINGS = IngestSettings(ocr="off")  # a scan is refused without OCR (tests/test_ocr.py reads it)
 SEC_SAMPLE = "2023 Q2 AAPL.pdf"  # 28 pages (the smallest filing), encrypted with an owner password only
 
 
@@ -133,9 +133,9 @@ def test_too_large_file_is_refused(source_pdf):
 
 def test_too_little_text_counts_as_no_text_layer(tmp_path):
     path = text_pdf(tmp_path / "sparse.pdf", ["tiny", ""])
-    assert len(parse_pdf(path, IngestSettings(min_chars_per_page=2)).pages) == 2  # 4 chars / 2 pages
+    assert len(parse_pdf(path, IngestSettings(min_chars_per_page=2, ocr="off")).pages) == 2  # 4 chars / 2 pages
     with pytest.raises(PdfError, match="no text layer"):
-        parse_pdf(path, IngestSettings(min_chars_per_page=3))
+        parse_pdf(path, IngestSettings(min_chars_per_page=3, ocr="off"))
 
 
 def test_missing_file_is_a_failure_not_a_crash(tmp_path):

@@ -17,7 +17,9 @@ from rag.answering.confidence import Calibrator, Generated, features, without_lo
 from rag.answering.display import excerpt
 from rag.answering.evidence import Evidence, quote_evidence
 from rag.answering.finishing import finish, read_reply
-from rag.answering.prompting import ABSTAIN_TEXT, REPLY_PREFIX, AnswerForm, AnswerStream, answer_form, build_quote_messages
+from rag.answering.prompting import (
+    ABSTAIN_TEXT, REPLY_PREFIX, AnswerForm, AnswerStream, answer_form, build_quote_messages,
+)
 from rag.answering.retrieval import HybridRetriever
 from rag.answering.verification import lexical_support_text
 from rag.settings import Settings

@@ -52,6 +52,7 @@ class NewDocument:
     size_bytes: int
     chunks: list[Chunk]
     vectors: np.ndarray  # (len(chunks), dim) float32
+    ocr_pages: int = 0  # pages whose text Tesseract read (counted in the ingest report, not stored)
 
 
 @dataclass(frozen=True)

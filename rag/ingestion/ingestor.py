@@ -337,6 +337,7 @@ class Ingestor:
                     if result.path in collections and result.collection != collections[result.path]:
                         result = replace(result, collection=collections[result.path])
                     report.pages += result.pages
+                    report.ocr_pages += result.ocr_pages
                     ready.append(result)
                 if progress:
                     progress(1)
@@ -382,7 +383,7 @@ class Ingestor:
             n = len(f.chunks)
             docs.append(NewDocument(
                 path=f.name, collection=collection, content_hash=f.content_hash, pages=f.pages,
-                size_bytes=f.size_bytes, chunks=f.chunks, vectors=vectors[offset:offset + n],
+                size_bytes=f.size_bytes, chunks=f.chunks, vectors=vectors[offset:offset + n], ocr_pages=f.ocr_pages,
             ))
             offset += n
         return docs

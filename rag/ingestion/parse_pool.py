@@ -34,6 +34,7 @@ class ParsedFile:
     pages: int
     size_bytes: int
     chunks: list[Chunk]
+    ocr_pages: int = 0  # pages whose text Tesseract read
 
 
 def parse_files(
@@ -172,4 +173,5 @@ def chunk_parsed(chunker: Chunker, name: str, path: Path, document) -> ParsedFil
     chunks = chunker.chunk(document, name)
     if not chunks:
         raise PdfError("no text to index after extraction")
-    return ParsedFile(name, document.content_hash, len(document.pages), path.stat().st_size, chunks)
+    return ParsedFile(name, document.content_hash, len(document.pages), path.stat().st_size, chunks,
+                      document.ocr_pages)

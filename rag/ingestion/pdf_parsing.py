@@ -22,6 +22,7 @@ from pypdf.errors import DependencyError, FileNotDecryptedError
 from pypdf.generic import ArrayObject, IndirectObject, NullObject
 
 from rag.errors import PdfError
+from rag.ingestion.ocr import INSTALL_HINT, needs_ocr, ocr_enabled, ocr_pages, tesseract_version
 from rag.settings import IngestSettings
 from rag.types import FileFailure, Page, PageRange, ParsedDocument
 
@@ -36,7 +37,7 @@ _NOISY_LOGGERS = ("pypdf", "fontTools")
 
 T = TypeVar("T")
 
-NO_TEXT_LAYER = "no text layer (image-only or scanned PDF; OCR is not supported)"
+NO_TEXT_LAYER = "no text layer (image-only or scanned PDF)"
 # Below this many extracted characters a file is never refused for its text-to-bytes ratio (a short text PDF
 # with heavy compression is fine); above it, ingest.max_chars_per_byte applies.
 TEXT_RATIO_FLOOR_CHARS = 200_000
@@ -73,6 +74,7 @@ class OpenPdf:
         self.path = Path(path)
         data = _read_checked(self.path, settings)
         self.settings = settings
+        self._data = data  # for rendering pages to OCR; one file per worker is open at a time
         self.size_bytes = len(data)
         self.content_hash = hashlib.sha256(data).hexdigest()
         with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
@@ -88,11 +90,20 @@ class OpenPdf:
         stop = self.page_count if stop is None else min(stop, self.page_count)
         with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
             texts, failures = _extract_pages(self._reader, range(start, stop))
+        read_by_ocr: list[int] = []
+        failed = {number for number, _ in failures}
+        blank = [start + i for i, text in enumerate(texts)
+                 if start + i + 1 not in failed and needs_ocr(text, self.settings)]
+        if blank and ocr_enabled(self.settings):
+            for index, text in zip(blank, ocr_pages(self._data, blank, self.settings), strict=True):
+                if not needs_ocr(text, self.settings):  # a blank page stays blank, and is not counted
+                    texts[index - start] = text
+                    read_by_ocr.append(index + 1)
         # A range over the cap means the whole file is: refuse before joining, chunking and embedding it.
         check_text_size(sum(len(text) for text in texts), self.size_bytes, self.settings)
         return PageRange(
             start=start, texts=tuple(normalize_text(text) for text in texts), failures=tuple(failures),
-            page_count=self.page_count, content_hash=self.content_hash,
+            page_count=self.page_count, content_hash=self.content_hash, ocr_pages=tuple(read_by_ocr),
         )
 
 
@@ -147,8 +158,18 @@ def assemble_document(path: Path, content_hash: str, parts: list[PageRange], set
     pages = tuple(Page(number, text) for number, text in enumerate(texts, start=1))
     visible = sum(len(re.sub(r"\s+", "", page.text)) for page in pages)
     if visible == 0 or visible / len(pages) < settings.min_chars_per_page:
-        raise PdfError(NO_TEXT_LAYER)
-    return ParsedDocument(path=Path(path), content_hash=content_hash, pages=pages)
+        raise PdfError(no_text_reason(settings))
+    ocr_count = sum(len(part.ocr_pages) for part in parts)
+    return ParsedDocument(path=Path(path), content_hash=content_hash, pages=pages, ocr_pages=ocr_count)
+
+
+def no_text_reason(settings: IngestSettings) -> str:
+    """Why a document without text is skipped, and what would read it."""
+    if settings.ocr == "off":
+        return f"{NO_TEXT_LAYER}; OCR is off (ingest.ocr)"
+    if tesseract_version() is None:
+        return f"{NO_TEXT_LAYER}; install Tesseract to read it ({INSTALL_HINT})"
+    return f"{NO_TEXT_LAYER}; OCR found no text on its pages"
 
 
 def check_text_size(chars: int, size_bytes: int, settings: IngestSettings) -> None:
