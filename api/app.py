@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from typing import Any
@@ -19,13 +19,15 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.auth import RequireApiKey
 from api.deps import require_api_key
+from api.errors import error_response
 from api.guards import RequestGuard
 from api.metrics import Metrics
 from api.metrics import router as metrics_router
 from api.observe import REQUEST_ID_HEADER, ObserveRequests
 from api.routes import collections, documents, health, openai_compat, query
-from api.routes.page import REDOC_JS, SWAGGER_CSS, SWAGGER_FAVICON, SWAGGER_JS, add_page
+from api.routes.page import REDOC_JS, STATIC_URL, SWAGGER_CSS, SWAGGER_FAVICON, SWAGGER_JS, add_page
 from api.schemas import ErrorOut
 from rag.generation.batching import GenerationTimeout, Overloaded
 from rag.generation.openai_client import GeneratorUnavailable
@@ -39,7 +41,6 @@ log = logging.getLogger(__name__)
 
 JSON_BODY_LIMIT = 1024 * 1024  # bytes; questions are capped far below this by api.max_question_chars
 MULTIPART_OVERHEAD = 64 * 1024  # bytes of multipart framing allowed on top of api.max_upload_mb
-OPENAI_PREFIX = "/v1/chat/"  # routes whose errors also carry OpenAI's error object
 
 # Statuses any guarded route can answer, declared in the OpenAPI document so clients (and schemathesis) expect them.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -96,7 +97,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         summary="Answers questions from PDFs with page citations, or abstains.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=JSON_BODY_LIMIT,
         # Served below, behind the API key like every route but /healthz.
         openapi_url=None, docs_url=None, redoc_url=None,
     )
@@ -107,21 +107,33 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     guarded = [Depends(require_api_key)]
     auth = UNAUTHORIZED if settings.api.api_key else {}
-    app.include_router(health.public)
-    app.include_router(health.router, dependencies=guarded, responses={**auth, **NOT_FOUND})
-    app.include_router(query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND})
+    # The body limits are set per router, not on the app: FastAPI's app-wide limit runs outside every middleware
+    # and turns any response to a request that announces a larger body into its 413, the 401 of a request
+    # without the key included. Per router, the key is checked first (api.auth), then the size.
+    json_limit = {"max_body_size": JSON_BODY_LIMIT}
+    app.include_router(health.public, **json_limit)
+    app.include_router(health.router, dependencies=guarded, responses={**auth, **NOT_FOUND}, **json_limit)
     app.include_router(
-        openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND}
+        query.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND}, **json_limit,
     )
-    app.include_router(collections.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES})
+    app.include_router(
+        openai_compat.router, dependencies=guarded, responses={**auth, **GENERATING_RESPONSES, **NOT_FOUND},
+        **json_limit,
+    )
+    app.include_router(collections.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES}, **json_limit)
     app.include_router(
         documents.router, dependencies=guarded, responses={**auth, **COMMON_RESPONSES, **NOT_FOUND},
         max_body_size=int(settings.api.max_upload_mb * MB) + MULTIPART_OVERHEAD,
     )
-    app.include_router(metrics_router, dependencies=[] if settings.api.public_metrics else guarded, responses=auth)
+    app.include_router(
+        metrics_router, dependencies=[] if settings.api.public_metrics else guarded, responses=auth, **json_limit,
+    )
     _add_docs(app, settings, guarded)
     add_page(app)
     app.add_middleware(RequestGuard, body_timeout_s=settings.api.body_timeout_s)
+    if settings.api.api_key:
+        # Outside every route and guard: 401 before the body is read, parsed or waited for (api.auth).
+        app.add_middleware(RequireApiKey, api_key=settings.api.api_key, public=_public_path(settings))
     if settings.api.cors_origins:
         # Outside the key check: a browser's preflight (OPTIONS) is answered before it, which it cannot pass
         # (browsers send no Authorization header on a preflight).
@@ -139,6 +151,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_exception_handler(IndexBusy, _index_busy)
     app.add_exception_handler(Exception, _unexpected)
     return app
+
+
+def _public_path(settings: Settings) -> Callable[[str], bool]:
+    """Which paths need no key: /healthz, the page and its files (the browser needs them before it can ask for
+    the key), and /metrics when api.public_metrics. Every other path, unknown ones included, needs the key."""
+    public = {"/healthz", "/"} | ({"/metrics"} if settings.api.public_metrics else set())
+    return lambda path: path in public or path.startswith(STATIC_URL + "/")
 
 
 def _add_docs(app: FastAPI, settings: Settings, guarded: list) -> None:
@@ -198,34 +217,7 @@ def _with_settings_limits(schema: dict[str, Any], settings: Settings) -> dict[st
 
 
 def _error(request: Request, code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    """``{"detail": ...}`` as FastAPI writes it; on the OpenAI-compatible routes also OpenAI's ``error`` object,
-    whose ``message`` the official clients put in the exception they raise. Text that cannot be encoded (lone
-    surrogates echoed from the request) is escaped, so an error response never fails to render."""
-    detail = _encodable(detail)
-    body: dict[str, Any] = {"detail": detail}
-    if request.url.path.startswith(OPENAI_PREFIX):
-        kind = "server_error" if code >= 500 else "authentication_error" if code == 401 else "invalid_request_error"
-        body["error"] = {"message": _message(detail), "type": kind, "code": code}
-    return JSONResponse(body, code, headers=headers)
-
-
-def _encodable(value: Any) -> Any:
-    """``value`` with every string made UTF-8 encodable (a lone surrogate becomes its ``\\udXXX`` escape)."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_encodable(k): _encodable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encodable(v) for v in value]
-    return value
-
-
-def _message(detail: Any) -> str:
-    if isinstance(detail, list):  # validation errors: "field: what is wrong; ..."
-        return "; ".join(
-            f"{'.'.join(str(part) for part in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in detail
-        )
-    return str(detail)
+    return error_response(request.url.path, code, detail, headers)
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

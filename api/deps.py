@@ -10,13 +10,12 @@ the document routes, the body's ``collection`` or ``model`` on the answering rou
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
-from urllib.parse import unquote
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.auth import API_KEY_COOKIE, CHALLENGE, UNAUTHORIZED_DETAIL, key_matches, presented_key
 from api.observe import ObservedAnswers
 from api.schemas import ChatCompletionRequest, QueryRequest, check_limits
 from rag.answering.service import AnswerService
@@ -27,11 +26,6 @@ from rag.runtime import Runtime
 from rag.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the service runs with api.api_key set.")
-# The web page (api/static) keeps the key in this cookie too, so that a plain link (a citation opening the PDF)
-# is authorised. Read for GET/HEAD only: a cookie rides along on requests other sites trigger, so it must not
-# authorise anything that changes state (the page is also SameSite=Strict about it).
-API_KEY_COOKIE = "rag_api_key"
-COOKIE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def get_settings(request: Request) -> Settings:
@@ -124,25 +118,20 @@ DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
 
 def require_api_key(
     request: Request, settings: SettingsDep,
+    # Unused here: declares the bearer scheme in the OpenAPI document (presented_key reads the header itself).
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """401 unless ``Authorization: Bearer <api.api_key>`` is sent (no check when no key is configured).
-
-    A GET or HEAD without an Authorization header may instead carry the key in the ``rag_api_key`` cookie
-    (percent-encoded, as the page sets it); a bearer token, when sent, is the one checked."""
+    """401 unless the request presents ``api.api_key`` (no check when no key is configured): the rule of
+    ``api.auth.presented_key``. The app checks it first in the ``api.auth.RequireApiKey`` middleware, before the
+    body is read; this dependency declares the bearer scheme in the OpenAPI document and checks again."""
     expected = settings.api.api_key
     if not expected:
         return
-    given = credentials.credentials if credentials is not None else ""
-    if credentials is None and request.method in COOKIE_METHODS:
-        given = unquote(request.cookies.get(API_KEY_COOKIE, ""))
-    if not secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
+    given = presented_key(
+        request.method, request.headers.get("authorization"), request.cookies.get(API_KEY_COOKIE)
+    )
+    if not key_matches(expected, given):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, UNAUTHORIZED_DETAIL, headers=CHALLENGE)
 
 
 def valid_query(body: QueryRequest, settings: SettingsDep, request: Request) -> QueryRequest:

@@ -11,7 +11,10 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+    field_validator,
+)
 
 from rag.collections import DEFAULT_COLLECTION, NAME_PATTERN
 from rag.answering.followup import Rewrite, Turn
@@ -48,6 +51,16 @@ MaxNewTokens = Annotated[
     StrictInt, Field(ge=1, description="Cap on generated tokens, at most generation.max_new_tokens_limit."),
     BeforeValidator(_integral),
 ]
+
+
+def _sampling(low: float, high: float, what: str) -> Any:
+    """An OpenAI sampling option: accepted in OpenAI's range and ignored (answers are greedy, from the documents).
+    Checked all the same, finite included, so that a value no OpenAI server takes is a 422 here too."""
+    return Annotated[
+        StrictFloat, Field(ge=low, le=high, allow_inf_nan=False, description=f"{what} Accepted and ignored."),
+    ]
+
+
 CollectionName = Annotated[
     StrictStr, Field(
         pattern=NAME_PATTERN, description="A collection: 1-64 lower-case letters, digits, '_' or '-' "
@@ -240,7 +253,8 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request. The LAST user message with text is the question; the rest of the conversation
-    and sampling options (temperature, top_p, ...) are accepted and ignored: answers come from the documents."""
+    and the sampling options (temperature, top_p, ...) are accepted and ignored: answers come from the documents.
+    The sampling options are still checked against OpenAI's ranges (a NaN or a temperature of 5 is a 422)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -269,6 +283,12 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: MaxNewTokens | None = None
     stream_options: StreamOptions | None = None
     top_k: TopK | None = None  # extension: passages handed to the generator
+    # OpenAI's sampling options, as clients send them; the answer is greedy whatever they say.
+    temperature: _sampling(0.0, 2.0, "Sampling temperature (OpenAI: 0-2).") | None = None
+    top_p: _sampling(0.0, 1.0, "Nucleus sampling mass (OpenAI: 0-1).") | None = None
+    presence_penalty: _sampling(-2.0, 2.0, "Presence penalty (OpenAI: -2 to 2).") | None = None
+    frequency_penalty: _sampling(-2.0, 2.0, "Frequency penalty (OpenAI: -2 to 2).") | None = None
+    seed: StrictInt | None = Field(None, description="Sampling seed. Accepted and ignored.")
 
     @field_validator("messages")
     @classmethod

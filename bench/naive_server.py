@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class SerialGenerator:
-    """The ``stream`` (and ``check_admission``) that AnswerService needs from a batcher, without batching: each
+    """The ``stream`` (and ``admit``) that AnswerService needs from a batcher, without batching: each
     request runs its own ``generate_batch([prompt])`` in a thread, after the previous one finished (an asyncio
     lock, so waiting requests hold no thread). No admission control: every request waits its turn."""
 
@@ -38,11 +38,11 @@ class SerialGenerator:
         self._lock = asyncio.Lock()
         self.generate_calls = 0
 
-    def check_admission(self, timeout_s: float | None = None) -> None:
-        """Admits everything (the naive server queues without limit)."""
+    def admit(self, max_new_tokens: int, timeout_s: float | None = None) -> None:
+        """Admits everything (the naive server queues without limit), reserving nothing."""
 
     async def stream(
-        self, prompt: str, max_new_tokens: int, timeout_s: float | None = None
+        self, prompt: str, max_new_tokens: int, timeout_s: float | None = None, admission: None = None,
     ) -> AsyncIterator["str | GenerationResult"]:
         """Text deltas, then the GenerationResult; GenerationTimeout past ``timeout_s`` (waiting included)."""
         from rag.generation.batching import GenerationTimeout

@@ -268,7 +268,7 @@ def parked_generator_client(
         "queue_size": queue_size, "max_batch_size": queue_size + 1, "batch_wait_ms": 60_000,
         "request_timeout_s": request_timeout_s,
     }})
-    batcher = BatchingGenerator(runtime.llm, settings.generation, initial_row_seconds=row_seconds)
+    batcher = BatchingGenerator(runtime.llm, settings.generation, initial_job_seconds=row_seconds)
     # The CTranslate2 generator prefers batches of one, which would run the parked job at once: park it anyway.
     batcher.max_batch_size = queue_size + 1
     batcher.start()

@@ -196,7 +196,7 @@ def test_client_that_disconnects_has_its_handler_cancelled(runtime, caplog):
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         deadline = time.monotonic() + 300  # a generous bound: the shared 2-core machine can be very busy
-        while batcher._in_progress is None:  # wait until its batch is generating
+        while not batcher.generating:  # wait until its batch is generating
             assert time.monotonic() < deadline, "the request never reached the generator"
             time.sleep(0.02)
         sock.close()
@@ -209,3 +209,240 @@ def test_client_that_disconnects_has_its_handler_cancelled(runtime, caplog):
 def _content_length(reply: bytes) -> int:
     match = re.search(rb"(?im)^content-length:\s*(\d+)", reply)
     return int(match.group(1)) if match else 0
+
+
+# ------------------------------------------------------------------------- non-finite numbers (issue 24)
+
+# What Python's JSON parser reads as NaN or an infinity: the three non-standard tokens, and numbers too large for
+# a float (valid JSON, read as infinity).
+NON_FINITE = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999")
+PLACEHOLDER = "__NON_FINITE__"
+BODIES = {
+    "/v1/query": (QueryRequest, {"question": ON_TOPIC}),
+    "/v1/chat/completions": (ChatCompletionRequest, {"messages": [{"role": "user", "content": ON_TOPIC}]}),
+}
+NESTED = {  # fields inside fields, for the chat request's objects
+    "messages[0].content": lambda body: body["messages"][0].__setitem__("content", PLACEHOLDER),
+    "messages[0].role": lambda body: body["messages"][0].__setitem__("role", PLACEHOLDER),
+    "stream_options.include_usage": lambda body: body.__setitem__("stream_options", {"include_usage": PLACEHOLDER}),
+}
+
+
+def _with_token(base: dict, field: str, token: str) -> bytes:
+    """``base`` as JSON with ``field`` set to the raw ``token`` (which json.dumps would not write)."""
+    body = json.loads(json.dumps(base))
+    if field in NESTED:
+        NESTED[field](body)
+    else:
+        body[field] = PLACEHOLDER
+    return json.dumps(body).replace(f'"{PLACEHOLDER}"', token).encode()
+
+
+def _body_cases() -> list[tuple[str, str, str]]:
+    """(route, field, token) for every field of every JSON body, numbers first among them."""
+    cases = []
+    for path, (model, _) in BODIES.items():
+        fields = list(model.model_json_schema()["properties"])
+        if path == "/v1/chat/completions":
+            fields += list(NESTED)
+        cases += [(path, field, token) for field in fields for token in NON_FINITE]
+    return cases
+
+
+def _numeric_fields(model) -> set[str]:
+    def numeric(prop: dict) -> bool:
+        return any(o.get("type") in ("number", "integer") for o in prop.get("anyOf", [prop]))
+    return {name for name, prop in model.model_json_schema()["properties"].items() if numeric(prop)}
+
+
+def test_every_numeric_field_is_among_the_non_finite_cases():
+    covered = {(path, field) for path, field, _ in _body_cases()}
+    assert {("/v1/query", f) for f in ("top_k", "max_new_tokens")} <= covered
+    chat_numbers = _numeric_fields(ChatCompletionRequest)
+    assert {"temperature", "top_p", "max_tokens", "max_completion_tokens", "top_k", "seed"} <= chat_numbers
+    assert {("/v1/chat/completions", f) for f in chat_numbers} <= covered
+
+
+def _assert_named_4xx(response, field: str | None = None) -> dict:
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    detail = json.loads(response.content)["detail"]  # valid JSON, whatever the request held
+    assert detail
+    return detail
+
+
+@pytest.mark.parametrize(("path", "field", "token"), _body_cases())
+def test_non_finite_number_in_a_json_body_is_422_saying_what_is_wrong(client, path, field, token):
+    """Issue 24: ``{"question": "x", "top_k": NaN}`` was a 500 (the validation error echoed NaN back, and the
+    response could not be written). Now NaN and infinities are refused at the parse, a number too large for a
+    float by the field that got it."""
+    base = BODIES[path][1]
+    for stream in (False, True):
+        body = _with_token({**base, "stream": stream} if field != "stream" else base, field, token)
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (field, token, stream, response.text[:300])
+        detail = _assert_named_4xx(response)
+        text = json.dumps(detail)
+        if token in ("NaN", "Infinity", "-Infinity"):
+            assert "is not a JSON number" in text, text
+        else:  # a finite-looking number that overflows: the field is named
+            assert field.split("[")[0].split(".")[0] in text, text
+        if path.startswith("/v1/chat/"):
+            assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"[NaN]", b'{"x": -Infinity}'])
+@pytest.mark.parametrize("path", list(BODIES))
+def test_a_whole_body_of_non_finite_numbers_is_422(client, path, body):
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text[:300]
+    _assert_named_4xx(response)
+
+
+@pytest.mark.parametrize("token", NON_FINITE)
+def test_non_finite_numbers_in_query_path_and_form_fields_are_4xx(client, token):
+    """The other places a client puts values: ?collection= on every route that takes it, path parameters, and
+    the upload's form fields (a text part where the file goes, extra fields)."""
+    for method, path in [("GET", "/v1/documents"), ("GET", "/readyz"), ("DELETE", "/v1/documents/x.pdf"),
+                         ("GET", "/v1/documents/x.pdf/file"), ("POST", "/v1/documents")]:
+        response = client.request(method, path, params={"collection": token})
+        _assert_named_4xx(response)
+    for path in (f"/v1/models/{token}", f"/v1/documents/{token}", f"/v1/documents/{token}/file"):
+        _assert_named_4xx(client.get(path))
+    _assert_named_4xx(client.delete(f"/v1/documents/{token}"))
+    as_text = client.post("/v1/documents", data={"file": token})  # a form field, not a file
+    assert as_text.status_code == 422, as_text.text
+    named = client.post("/v1/documents", files={"file": (token, b"%PDF-1.4", "application/pdf")}, data={"top_k": token})
+    assert named.status_code == 415, named.text  # the name does not end in .pdf
+
+
+def test_no_reset_connection_and_no_5xx_over_the_abuse_set_on_a_real_server(runtime):
+    """Every case above, sent 16 at a time to uvicorn on a socket: each gets a 4xx answer (under load, the
+    campaign once saw a connection reset with no response)."""
+    import asyncio
+
+    import httpx
+
+    requests = [(path, _with_token(BODIES[path][1], field, token)) for path, field, token in _body_cases()]
+    requests += [(path, body) for path in BODIES for body in (b"NaN", b"[Infinity]", b"1e999")]
+
+    async def send_all(port: int) -> list:
+        limit = asyncio.Semaphore(16)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            async def one(path: str, body: bytes):
+                async with limit:
+                    try:
+                        response = await http.post(path, content=body, headers={"content-type": "application/json"})
+                        return response.status_code
+                    except httpx.TransportError as exc:
+                        return f"{type(exc).__name__}: {exc}"
+            return await asyncio.gather(*(one(p, b) for p, b in requests))
+
+    with served(create_app(runtime.settings, runtime=runtime)) as port:
+        statuses = asyncio.run(send_all(port))
+    assert all(s == 422 for s in statuses), [s for s in statuses if s != 422][:10]
+
+
+# ------------------------------------------------------------------- the key before the body (issue 24)
+
+KEY = "s3cret-key"
+# Bodies a parser would complain about, each with the content type that sends it to that parser.
+MALFORMED = {
+    "truncated JSON": (b'{"question": ', "application/json"),
+    "JSON that is not UTF-8": (b'{"question": "\xff\xfe"}', "application/json"),
+    "NaN": (b'{"question": NaN}', "application/json"),
+    "wrong types": (b'{"question": 5, "top_k": "many", "messages": {}}', "application/json"),
+    "not an object": (b"[1, 2]", "application/json"),
+    "a stream with a bad field": (b'{"question": "q", "stream": true, "top_k": -1}', "application/json"),
+    "broken multipart": (
+        b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nx', "multipart/form-data; boundary=b",
+    ),
+    "over the size limit": (b'{"question": "' + b"x" * (1024 * 1024 + 10) + b'"}', "application/json"),
+    "no content type": (b'{"question":', None),
+}
+WITHOUT_THE_KEY = {
+    "no key": {},
+    "wrong key": {"Authorization": "Bearer wrong"},
+    "another scheme": {"Authorization": "Basic czNjcmV0LWtleQ=="},
+    "the key and more": {"Authorization": f"Bearer {KEY}-and-more"},
+    "the cookie on a POST": {"Cookie": f"rag_api_key={KEY}"},
+}
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    """The app with a key and no runtime: a request refused at the key never needs one."""
+    from rag.settings import Settings
+
+    app = create_app(Settings().with_overrides({"api": {"api_key": KEY}}))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def _protected_routes(client: TestClient) -> list[tuple[str, str]]:
+    """(method, path) of every route behind the key: every operation of the OpenAPI document but /healthz, the
+    document itself and the docs pages; path parameters filled in."""
+    schema = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    routes = [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc")]
+    for path, operations in schema["paths"].items():
+        if path == "/healthz":
+            continue
+        for method in operations:
+            routes.append((method.upper(), re.sub(r"\{[^}]+\}", "x.pdf", path)))
+    return routes
+
+
+@pytest.mark.parametrize("who", list(WITHOUT_THE_KEY))
+@pytest.mark.parametrize("shape", list(MALFORMED))
+def test_without_the_key_every_route_is_401_before_its_body_is_parsed(keyed, shape, who):
+    """Issue 24: without the key, or with a wrong one, a malformed body got the parser's 400/422 (positions,
+    messages). Now every protected route, streaming and chat included, answers 401 from the headers alone."""
+    body, content_type = MALFORMED[shape]
+    headers = {**WITHOUT_THE_KEY[who], **({"content-type": content_type} if content_type else {})}
+    routes = _protected_routes(keyed)
+    assert len(routes) >= 14
+    for method, path in routes:
+        if who == "the cookie on a POST" and method == "GET":
+            continue  # the cookie does authorise reads (the page's PDF links): tests/test_page.py
+        response = keyed.request(method, path, content=body if method in ("POST", "DELETE") else None, headers=headers)
+        assert response.status_code == 401, (method, path, response.status_code, response.text[:200])
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["detail"] == "missing or wrong API key: send 'Authorization: Bearer <key>'"
+        if path.startswith("/v1/chat/"):
+            assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_unknown_paths_and_methods_are_401_too(keyed):
+    """Which routes exist is not told before the key either."""
+    for method, path in [("GET", "/v1/nothing"), ("POST", "/v1/nothing"), ("PUT", "/v1/query"), ("GET", "/v1/query")]:
+        response = keyed.request(method, path, content=b"{", headers={"content-type": "application/json"})
+        assert response.status_code == 401, (method, path, response.text)
+    assert keyed.get("/healthz").status_code == 200
+    assert keyed.get("/").status_code == 200  # the page, which asks for the key
+
+
+def test_with_the_key_the_same_bodies_reach_the_parser(keyed):
+    """The 401 is the key's doing, not a change in parsing: with the key, a malformed body is the parser's
+    4xx, naming what is wrong."""
+    good = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    response = keyed.post("/v1/query", content=b'{"question": ', headers=good)
+    assert response.status_code == 422 and response.json()["detail"][0]["type"] == "json_invalid"
+    response = keyed.post("/v1/chat/completions", content=b'{"messages": NaN}', headers=good)
+    assert response.status_code == 422 and "not a JSON number" in response.json()["error"]["message"]
+    big = keyed.post("/v1/query", content=MALFORMED["over the size limit"][0], headers=good)
+    assert big.status_code == 413
+
+
+def test_without_the_key_a_body_that_never_arrives_is_401_at_once():
+    """The key is checked before the body is waited for: no 408 after api.body_timeout_s, no held connection."""
+    from rag.settings import Settings
+
+    app = create_app(Settings().with_overrides({"api": {"api_key": KEY, "body_timeout_s": 5.0}}))
+    with served(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            b'{"question"'
+        )
+        reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+        assert time.monotonic() - started < 2.5

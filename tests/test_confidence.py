@@ -179,10 +179,10 @@ class _ScriptedBatcher:
     def __init__(self, reply: str):
         self.reply = reply
 
-    def check_admission(self, timeout_s: float) -> None:
-        pass
+    def admit(self, max_new_tokens: int, timeout_s: float | None = None) -> None:
+        return None  # admits everything, reserving nothing
 
-    async def stream(self, prompt, max_new_tokens, timeout_s=None):
+    async def stream(self, prompt, max_new_tokens, timeout_s=None, admission=None):
         from rag.generation.base import GenerationResult
 
         yield GenerationResult(self.reply, len(prompt), 4, "stop", token_logprobs=(-0.1, -0.1), probe_probability=0.1)

@@ -98,10 +98,10 @@ class _RecordingBatcher:
     def __init__(self) -> None:
         self.prompts: list[str] = []
 
-    def check_admission(self, timeout_s: float) -> None:
-        pass
+    def admit(self, max_new_tokens: int, timeout_s: float | None = None) -> None:
+        return None  # admits everything, reserving nothing
 
-    async def stream(self, prompt, max_new_tokens, timeout_s=None):
+    async def stream(self, prompt, max_new_tokens, timeout_s=None, admission=None):
         from rag.generation.base import GenerationResult
 
         self.prompts.append(prompt)

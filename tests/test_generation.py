@@ -31,10 +31,12 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 class FakeGenerator:
-    """Sleeps like a model, answers with the prompt upper-cased, streams it character by character."""
+    """Stands in for a model's latency: a prefill of ``delay_s``, then ``token_s`` per generated token (the
+    prompt upper-cased, one character a token), asking the row's stop check at each step as the backends do."""
 
-    def __init__(self, delay_s: float = 0.05):
+    def __init__(self, delay_s: float = 0.05, token_s: float = 0.0):
         self.delay_s = delay_s
+        self.token_s = token_s
         self.batch_sizes: list[int] = []
         self.fail_next = False
 
@@ -53,10 +55,14 @@ class FakeGenerator:
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         results = []
         for i, (prompt, budget) in enumerate(zip(prompts, budgets)):
-            text = prompt.upper()[:budget]
-            for char in text:
+            text = ""
+            for char in prompt.upper()[:budget]:
+                time.sleep(self.token_s)
+                text += char
                 if on_token and on_token[i]:
                     on_token[i](char)
+                if stop and stop[i] and stop[i]():
+                    break
             results.append(GenerationResult(text, len(prompt), len(text), "length"))
         return results
 
@@ -67,6 +73,23 @@ class FakeGenerator:
 def _batcher(fake: FakeGenerator, **overrides: Any) -> BatchingGenerator:
     settings = GenerationSettings(**{"batch_wait_ms": 50, "queue_size": 8, "max_batch_size": 4, **overrides})
     return BatchingGenerator(fake, settings).start()
+
+
+def _serial(fake: FakeGenerator, initial_job_seconds: float = 0.01, **overrides: Any) -> BatchingGenerator:
+    """One request at a time (as with the CTranslate2 backend), no gathering wait."""
+    settings = GenerationSettings(**{"batch_wait_ms": 0, "max_batch_size": 1, **overrides})
+    return BatchingGenerator(fake, settings, initial_job_seconds=initial_job_seconds).start()
+
+
+def _in_background(batcher: BatchingGenerator, prompt: str, budget: int, timeout_s: float = 30) -> threading.Thread:
+    """Submit from a thread and return once the worker is generating it."""
+    thread = threading.Thread(target=batcher.submit_sync, args=(prompt, budget), kwargs={"timeout_s": timeout_s})
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not batcher.generating:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.005)
+    return thread
 
 
 def test_concurrent_requests_share_one_batch() -> None:
@@ -111,6 +134,8 @@ def test_full_queue_raises_overloaded_immediately() -> None:
         started = time.monotonic()
         with pytest.raises(Overloaded) as info:
             await batcher.submit("second", 4)
+        with pytest.raises(Overloaded, match="waiting list full"):
+            batcher.admit(4)  # a reservation takes a place in the same list
         assert time.monotonic() - started < 0.1
         assert info.value.retry_after_s >= 1.0
         batcher.stop()  # a job still waiting at shutdown fails with Overloaded rather than hanging
@@ -136,42 +161,35 @@ def test_worker_error_reaches_every_job_of_the_batch_and_worker_survives() -> No
         batcher.stop()
 
 
-def test_request_that_cannot_start_in_time_is_refused_at_once() -> None:
-    fake = FakeGenerator(delay_s=0.6)
-    batcher = BatchingGenerator(fake, GenerationSettings(batch_wait_ms=0, max_batch_size=1), initial_row_seconds=0.01)
-    batcher.start()
+def test_request_that_cannot_finish_in_time_is_refused_at_once() -> None:
+    batcher = _serial(FakeGenerator(delay_s=1.2))
     try:
-        busy = threading.Thread(target=batcher.submit_sync, args=("busy", 4))
-        busy.start()
-        time.sleep(0.3)  # the running batch already took 30 times its estimate: the estimate is raised live
-        # What the answer service asks before its evidence step: the same verdict as submitting, nothing queued.
+        busy = _in_background(batcher, "busy", 4)
+        time.sleep(0.7)  # the running batch already took 70 times the initial guess: the estimate is raised live
+        # What the answer service asks before retrieval: the same verdict as submitting, nothing queued.
         with pytest.raises(Overloaded, match="busy"):
-            batcher.check_admission(timeout_s=0.25)
-        batcher.check_admission(timeout_s=5)
-        assert batcher.waiting == 0
+            batcher.admit(4, timeout_s=0.5)
+        batcher.admit(4, timeout_s=10).release()
+        assert batcher.waiting == 0 and batcher.reserved == 0
         started = time.monotonic()
         with pytest.raises(Overloaded, match="busy") as info:
-            batcher.submit_sync("late", 4, timeout_s=0.25)
+            batcher.submit_sync("late", 4, timeout_s=0.5)
         assert time.monotonic() - started < 0.1 and info.value.retry_after_s >= 1.0
-        assert batcher.submit_sync("patient", 8, timeout_s=5).text == "PATIENT"  # room within its budget
+        assert batcher.submit_sync("patient", 8, timeout_s=10).text == "PATIENT"  # room within its budget
         busy.join()
-        assert fake.batch_sizes == [1, 1]  # "late" never reached the generator
     finally:
         batcher.stop()
 
 
 def test_a_measured_slow_batch_makes_later_requests_503_then_service_resumes() -> None:
     fake = FakeGenerator(delay_s=0.4)
-    batcher = BatchingGenerator(fake, GenerationSettings(batch_wait_ms=0, max_batch_size=1), initial_row_seconds=0.01)
-    batcher.start()
+    batcher = _serial(fake)
     try:
-        assert batcher.submit_sync("first", 8).text == "FIRST"  # measured: the estimate moves toward 0.4 s per row
-        assert batcher._row_seconds > 0.1
-        busy = threading.Thread(target=batcher.submit_sync, args=("busy", 8))
-        busy.start()
-        time.sleep(0.05)
+        assert batcher.submit_sync("first", 8).text == "FIRST"  # measured: a job like it takes about 0.4 s
+        assert batcher.costs.job_seconds(batcher.costs.prompt_tokens("first"), 8) > 0.2
+        busy = _in_background(batcher, "busy", 8)
         with pytest.raises(Overloaded):
-            batcher.submit_sync("queued", 8, timeout_s=0.15)  # the rest of the batch and its own row: over 0.15 s
+            batcher.submit_sync("queued", 8, timeout_s=0.3)  # the rest of the batch and its own: over 0.3 s
         busy.join()
         assert batcher.submit_sync("idle", 8, timeout_s=1.0).text == "IDLE"  # after the burst: served normally
     finally:
@@ -181,17 +199,167 @@ def test_a_measured_slow_batch_makes_later_requests_503_then_service_resumes() -
 def test_job_past_its_deadline_is_dropped_before_it_runs() -> None:
     fake = FakeGenerator(delay_s=0.3)
     # An estimate far too low (as before anything is measured) admits a job that then waits past its deadline.
-    batcher = BatchingGenerator(fake, GenerationSettings(batch_wait_ms=0, max_batch_size=1), initial_row_seconds=0.01)
-    batcher.start()
+    batcher = _serial(fake)
     try:
-        busy = threading.Thread(target=batcher.submit_sync, args=("busy", 4))
-        busy.start()
-        time.sleep(0.05)  # the worker is now inside the 0.3 s batch
+        busy = _in_background(batcher, "busy", 4)
         with pytest.raises(GenerationTimeout):
             batcher.submit_sync("late", 4, timeout_s=0.1)
         busy.join()
         assert fake.batch_sizes == [1]  # "late" never reached the generator
         assert batcher.submit_sync("next", 4).text == "NEXT"
+    finally:
+        batcher.stop()
+
+
+def test_the_estimate_is_measured_per_token_and_per_budget() -> None:
+    """Prefill and decode are timed apart, and the expected answer length is kept per token budget (the answer
+    forms): a short answer is estimated short, a long one long, from what finished jobs took."""
+    fake = FakeGenerator(delay_s=0.05, token_s=0.01)
+    batcher = _serial(fake, initial_job_seconds=5.0)
+    long_prompt, short_prompt = "x" * 60, "y" * 6  # 60 and 6 tokens of answer (one per character)
+    try:
+        costs = batcher.costs
+        assert costs.job_seconds(20, 64) == 5.0  # nothing measured: the initial guess
+        for _ in range(3):
+            batcher.submit_sync(long_prompt, 64)
+            batcher.submit_sync(short_prompt, 16)
+        decode = costs.decode_seconds_per_token
+        assert decode is not None and 0.005 < decode < 0.05, decode  # about token_s
+        assert costs.expected_completion(64) > 40 and costs.expected_completion(16) < 10
+        long_s = costs.job_seconds(costs.prompt_tokens(long_prompt), 64)
+        short_s = costs.job_seconds(costs.prompt_tokens(short_prompt), 16)
+        assert 0.3 < long_s < 2.0 and short_s < long_s / 3, (long_s, short_s)
+        assert costs.expected_completion(200) == 200  # a budget never measured: the budget itself
+    finally:
+        batcher.stop()
+
+
+def test_a_machine_that_slows_down_is_seen_while_the_batch_runs() -> None:
+    """Rates measured on a quiet machine; then every token takes five times as long (a job started beside
+    the server). Within the running answer the estimate is scaled up, and a request the quiet rates would
+    admit is refused."""
+    fake = FakeGenerator(delay_s=0.02, token_s=0.01)
+    batcher = _serial(fake)
+    prompt = "z" * 40
+    try:
+        for _ in range(3):
+            batcher.submit_sync(prompt, 64)
+        quiet = batcher.costs.job_seconds(batcher.costs.prompt_tokens(prompt), 64)  # about 0.4 s
+        timeout = quiet * 3  # room for the running job and this one at quiet rates, with the margin
+        fake.token_s = 0.05
+        busy = _in_background(batcher, prompt, 64)
+        time.sleep(0.8)
+        now = time.monotonic()
+        with batcher._cond:
+            slowdown = batcher.costs.slowdown(batcher._batch, now)
+        assert slowdown > 2.5, slowdown
+        with pytest.raises(Overloaded, match="busy"):
+            batcher.admit(64, timeout_s=timeout)
+        busy.join()
+        # The slow answer was measured: the estimate stays up after it, with no batch running.
+        assert batcher.costs.job_seconds(batcher.costs.prompt_tokens(prompt), 64) > 2 * quiet
+    finally:
+        batcher.stop()
+
+
+def test_a_reservation_is_work_ahead_until_used_or_released() -> None:
+    """The answer service reserves before retrieval and evidence: a burst sees the reservations before it as work
+    ahead and is refused on arrival, not each request after its own retrieval and evidence steps."""
+    fake = FakeGenerator(delay_s=0.05, token_s=0.01)
+    batcher = _serial(fake)
+    try:
+        batcher.submit_sync("w" * 20, 32)  # measured: about 0.25 s a job
+        per_job = batcher.costs.job_seconds(batcher.costs.prompt_tokens(None), 32)
+        timeout = per_job * 4.5  # with the margin, room for three jobs
+        places = [batcher.admit(32, timeout_s=timeout) for _ in range(3)]
+        assert batcher.reserved == 3 and batcher.waiting == 0
+        with pytest.raises(Overloaded, match="busy") as info:
+            batcher.admit(32, timeout_s=timeout)
+        assert info.value.retry_after_s >= 1.0
+        places[0].release()
+        places[0].release()  # idempotent
+        fourth = batcher.admit(32, timeout_s=timeout)  # the released place is free again
+
+        async def use(place) -> list[Any]:
+            return [item async for item in batcher.stream("w" * 20, 32, timeout_s=timeout, admission=place)]
+
+        outcome = _run(use(places[1]))
+        assert isinstance(outcome[-1], GenerationResult) and batcher.reserved == 2  # used up by the stream
+        for place in (places[2], fourth):
+            place.release()
+        assert batcher.reserved == 0
+        lapsing = batcher.admit(32, timeout_s=0.05)  # never used nor released: lapses at its deadline
+        time.sleep(0.1)
+        batcher.admit(32, timeout_s=timeout).release()
+        assert not lapsing.active and batcher.reserved == 0
+    finally:
+        batcher.stop()
+
+
+def test_waiting_jobs_that_can_no_longer_finish_are_refused_not_timed_out() -> None:
+    """Admitted at quiet rates; the machine then slows down (each token five times as long). At the next batch
+    the waiting jobs the new rates cannot finish in time are refused with Overloaded (503 + Retry-After)
+    instead of waiting into a GenerationTimeout (504); the job about to run always runs."""
+    fake = FakeGenerator(delay_s=0.02, token_s=0.01)
+    batcher = _serial(fake, queue_size=16)
+    prompt = "v" * 40
+    try:
+        for _ in range(3):
+            batcher.submit_sync(prompt, 64)
+        quiet = batcher.costs.job_seconds(batcher.costs.prompt_tokens(prompt), 64)
+        timeout = quiet * 6  # five jobs fit at quiet rates (with the margin): not at five times slower
+
+        async def burst() -> list[Any]:
+            fake.token_s = 0.05
+            return await asyncio.gather(
+                *(batcher.submit(prompt, 64, timeout_s=timeout) for _ in range(5)), return_exceptions=True,
+            )
+
+        outcomes = _run(burst())
+        assert not [o for o in outcomes if isinstance(o, GenerationTimeout)], outcomes
+        assert all(isinstance(o, (GenerationResult, Overloaded)) for o in outcomes), outcomes
+        assert isinstance(outcomes[0], GenerationResult)  # the first one ran
+        late = [o for o in outcomes if isinstance(o, Overloaded) and "slowed down" in str(o)]
+        assert late and all(o.retry_after_s >= 1.0 for o in late), outcomes  # admitted, then refused: not a 504
+        assert batcher.refused_late == len(late)
+    finally:
+        batcher.stop()
+
+
+def test_a_burst_on_a_machine_that_slows_down_gets_only_answers_and_503s() -> None:
+    """The issue's burst in small: 24 requests at once, each reserving before a pretend retrieval and evidence step, on a
+    generator that becomes three times slower halfway. Every admitted request is answered within its limit."""
+    fake = FakeGenerator(delay_s=0.02, token_s=0.004)
+    batcher = _serial(fake, queue_size=64)
+    prompt = "u" * 30
+    try:
+        for _ in range(3):
+            batcher.submit_sync(prompt, 32)
+        timeout = 3.0
+
+        async def one(i: int) -> Any:
+            place = batcher.admit(32, timeout_s=timeout)
+            await asyncio.sleep(0.05)  # retrieval and evidence
+            started = time.monotonic()
+            items = [item async for item in batcher.stream(prompt, 32, timeout_s=timeout, admission=place)]
+            assert time.monotonic() - started <= timeout
+            return items[-1]
+
+        async def burst() -> list[Any]:
+            async def slow_down() -> None:
+                await asyncio.sleep(1.0)
+                fake.token_s = 0.012
+            slowing = asyncio.ensure_future(slow_down())
+            outcomes = await asyncio.gather(*(one(i) for i in range(24)), return_exceptions=True)
+            await slowing
+            return outcomes
+
+        outcomes = _run(burst())
+        answered = [o for o in outcomes if isinstance(o, GenerationResult)]
+        refused = [o for o in outcomes if isinstance(o, Overloaded)]
+        others = [o for o in outcomes if not isinstance(o, (GenerationResult, Overloaded))]
+        assert not others and len(answered) + len(refused) == 24, others
+        assert answered and refused and batcher.reserved == 0
     finally:
         batcher.stop()
 
@@ -535,7 +703,7 @@ def test_abandoned_and_timed_out_rows_stop_at_the_next_decode_step(generator: Tr
         assert time.monotonic() - started < first + 1.0 + 5.0
         async def cancel_while_generating() -> None:  # what the API's guard does when a client disconnects
             task = asyncio.ensure_future(batcher.submit(prompt, 256))
-            while batcher._in_progress is None:
+            while not batcher.generating:
                 await asyncio.sleep(0.02)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -19,6 +19,7 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from api.deps import AnswersDep, CollectionsDep, ValidChat
+from api.json_body import StandardJsonRoute
 from api.routes.query import SSE_HEADERS, Events, error_detail, open_stream
 from api.schemas import (
     BAD_BODY, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChunkChoice, ChunkDelta,
@@ -27,7 +28,7 @@ from api.schemas import (
 from rag.answering.followup import FollowupRewriter, Rewrite
 from rag.types import Answer
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(tags=["openai"], route_class=StandardJsonRoute)
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from api.deps import AnswersDep, ValidQuery
+from api.json_body import StandardJsonRoute
 from api.schemas import BAD_BODY, QueryResponse, TokenEvent
 from rag.answering.service import AnswerService
 from rag.generation.batching import GenerationTimeout, Overloaded
@@ -17,7 +18,7 @@ from rag.generation.openai_client import GeneratorUnavailable
 from rag.types import Answer
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["query"])
+router = APIRouter(tags=["query"], route_class=StandardJsonRoute)
 
 Events = AsyncIterator["str | Answer"]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the token stream

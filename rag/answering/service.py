@@ -72,31 +72,37 @@ class AnswerService:
         gen = self.settings.generation
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        passages = await asyncio.to_thread(self.retriever.retrieve, question, top_k)
-        timings["retrieve_s"] = time.perf_counter() - started
-        relevance = _relevance(passages)
-        if not self._relevant_enough(relevance):
-            timings["total_s"] = time.perf_counter() - started
-            yield _abstain("no passage is relevant enough to the question", passages, Evidence((), ()), relevance,
-                           timings)
-            return
-        # Admission control before the costly evidence scoring: a request the generator would refuse (503) is
-        # refused now, not after seconds of embedding sentences on a CPU that the work ahead needs.
-        self.batcher.check_admission(gen.request_timeout_s)
-        evidence_started = time.perf_counter()
-        evidence = await asyncio.to_thread(self._evidence, question, passages)
-        timings["evidence_s"] = time.perf_counter() - evidence_started
-        form, prompt, budget = self.build_prompt(question, evidence)
-        budget = max_new_tokens or budget
-        result = None
-        clean = AnswerStream()
-        generate_started = time.perf_counter()
-        async for item in self.batcher.stream(prompt, budget, gen.request_timeout_s):
-            if isinstance(item, str):
-                if delta := clean.feed(item):
-                    yield delta
-            else:
-                result = item
+        form = answer_form(question)
+        budget = max_new_tokens or (gen.max_new_tokens if form == "long" else gen.max_new_tokens_short)
+        # Admission control first: a request the generator would refuse (503) is refused now, before seconds of
+        # retrieval and evidence scoring on a CPU that the work ahead needs (in a burst those steps queue behind
+        # each other); an admitted one holds its place meanwhile, so the requests after it count it as work ahead.
+        admission = self.batcher.admit(budget, gen.request_timeout_s)
+        try:
+            passages = await asyncio.to_thread(self.retriever.retrieve, question, top_k)
+            timings["retrieve_s"] = time.perf_counter() - started
+            relevance = _relevance(passages)
+            if not self._relevant_enough(relevance):
+                timings["total_s"] = time.perf_counter() - started
+                yield _abstain("no passage is relevant enough to the question", passages, Evidence((), ()),
+                               relevance, timings)
+                return
+            evidence_started = time.perf_counter()
+            evidence = await asyncio.to_thread(self._evidence, question, passages)
+            timings["evidence_s"] = time.perf_counter() - evidence_started
+            form, prompt, _ = self.build_prompt(question, evidence)
+            result = None
+            clean = AnswerStream()
+            generate_started = time.perf_counter()
+            async for item in self.batcher.stream(prompt, budget, gen.request_timeout_s, admission=admission):
+                if isinstance(item, str):
+                    if delta := clean.feed(item):
+                        yield delta
+                else:
+                    result = item
+        finally:
+            if admission is not None:  # used up by stream; released here when it never got there (an abstention)
+                admission.release()
         timings["generate_s"] = time.perf_counter() - generate_started
         answer = self._finish(question, form, passages, evidence, result, relevance, timings)
         answer.usage.update(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
