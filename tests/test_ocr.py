@@ -99,3 +99,21 @@ def test_a_question_is_answered_from_a_scanned_document(steam_scan, runtime, tmp
     assert not answer.abstained, answer.reason
     assert "Charles Porter" in answer.text
     assert answer.citations[0].document == "Steam_engine_scan.pdf" and answer.citations[0].page_start == 3
+
+
+@needs_tesseract
+def test_a_missing_language_is_named_and_tessdata_prefix_wins_only_with_language_data(tmp_path, monkeypatch) -> None:
+    scan = image_only_copy(squad_doc("Steam_engine.pdf"), tmp_path / "one.pdf", [3])
+    with pytest.raises(RuntimeError, match=r"cannot load language 'zzz' .*apt-get install tesseract-ocr-<lang>"):
+        ocr.ocr_pages(scan.read_bytes(), [0], IngestSettings(ocr="on", ocr_language="zzz"))
+    system = ocr.tessdata_dir()
+    # A TESSDATA_PREFIX without any *.traineddata is passed over for the system's folder; one with them is used.
+    monkeypatch.setenv("TESSDATA_PREFIX", str(tmp_path))
+    ocr.tessdata_dir.cache_clear()
+    try:
+        assert ocr.tessdata_dir() == system
+        monkeypatch.setenv("TESSDATA_PREFIX", system)
+        ocr.tessdata_dir.cache_clear()
+        assert ocr.tessdata_dir() == system
+    finally:
+        ocr.tessdata_dir.cache_clear()

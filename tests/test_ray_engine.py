@@ -16,6 +16,7 @@ import pytest
 from rag.errors import UsageError
 from rag.indexing.index import DocumentIndex
 from rag.ingestion.ingestor import KNOWN_FAILURE_NOTE
+from rag.ingestion.ocr import INSTALL_HINT, tesseract_version
 from tests import pdf_factory
 from tests.conftest import eval_set, ingest, make_settings
 
@@ -51,7 +52,7 @@ def corpus(tmp_path_factory) -> Path:
     return docs
 
 
-def _contents(settings) -> tuple[dict, dict, dict]:
+def _contents(settings, probe: str | None = "aapl.pdf") -> tuple[dict, dict, dict]:
     """(documents, chunks without ids, vectors) per document name, in position order."""
     index = DocumentIndex.open(settings.index.path, settings.index)
     try:
@@ -73,8 +74,9 @@ def _contents(settings) -> tuple[dict, dict, dict]:
             found = index.store.vectors_by_ids(chunk_ids, index.profile.dim)
             vectors[name] = np.stack([found[i] for i in chunk_ids])
         # The FAISS file answers for the stored vectors: a chunk's own vector finds it first.
-        first = ids["aapl.pdf"][3]
-        assert index.search(vectors["aapl.pdf"][3], 1)[0][0] == first
+        if probe is not None:
+            first = ids[probe][3]
+            assert index.search(vectors[probe][3], 1)[0][0] == first
         return documents, chunks, vectors
     finally:
         index.close()
@@ -120,6 +122,34 @@ def test_same_index_on_both_engines(tmp_path, corpus, embedder, local_ray):
     documents, chunks, _ = _contents(on_ray)
     assert set(documents) == {"sub/Steam_engine.pdf", "aapl.pdf"}
     assert chunks["aapl.pdf"] == want_chunks["aapl.pdf"]
+
+
+needs_tesseract = pytest.mark.skipif(
+    tesseract_version() is None, reason=f"Tesseract is not installed ({INSTALL_HINT})"
+)
+
+
+@needs_tesseract
+def test_a_scan_split_into_ranges_gives_the_same_chunks_on_both_engines(tmp_path, embedder, local_ray):
+    """A real scan (three pages of Steam_engine.pdf as images) read by OCR in two ranges (pages 1-2, page 3),
+    on separate Ray tasks: the same OCR'd pages, chunks and page numbers as the local engine."""
+    docs = tmp_path / "scans"
+    docs.mkdir()
+    pdf_factory.image_only_copy(eval_set("squad2-dev") / "docs" / "Steam_engine.pdf", docs / "steam_scan.pdf",
+                                [1, 2, 3])
+    local = make_settings(tmp_path / "local", ingest__pages_per_task=2, ingest__ocr="on")
+    on_ray = make_settings(tmp_path / "ray", ingest__pages_per_task=2, ingest__ocr="on", ingest__engine="ray")
+
+    expected = ingest(local, docs, embedder)
+    report = ingest(on_ray, docs, embedder)
+
+    assert report.failed == expected.failed == []
+    assert (report.ocr_pages, report.pages) == (expected.ocr_pages, expected.pages) == (3, 3)
+    _, chunks, _ = _contents(on_ray, probe=None)
+    _, want_chunks, _ = _contents(local, probe=None)
+    assert chunks == want_chunks  # text, pages, offsets, hashes, positions
+    assert {c[1] for c in chunks["steam_scan.pdf"]} | {c[2] for c in chunks["steam_scan.pdf"]} == {1, 2, 3}
+    assert any("Charles Porter" in c[6] and c[1] <= 3 <= c[2] for c in chunks["steam_scan.pdf"])
 
 
 def test_actors_that_would_take_every_cpu_are_refused(tmp_path, corpus, embedder, local_ray):
