@@ -1,5 +1,5 @@
 """A CPU hog: one process per usable core, each spinning in a loop, what another job on a shared machine (an
-evaluation beside the server) does to it. ``python -m bench.burst --busy`` and tests/test_admission_slow.py run
+evaluation beside the server) does to it. ``python -m bench.burst --busy`` and tests/test_hardening_slow.py run
 the server beside it.
 
 On the team's shared machine the hog is part of a CPU-heavy job: run whatever starts it under
