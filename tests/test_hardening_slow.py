@@ -29,7 +29,6 @@ import pytest
 from api.app import create_app
 from bench.cpu_hog import CpuHog, usable_cores
 from tests.conftest import REPO
-from tests.schemathesis_nonfinite import LOG_ENV, TOKENS
 from tests.test_api_hardening import served
 
 pytestmark = pytest.mark.slow
@@ -171,6 +170,7 @@ def test_schemathesis_with_non_finite_numbers_finds_no_server_error(runtime, tmp
     would count a schema-valid body with a NaN written into it as valid data refused.) Generation capped at 4
     tokens, as in the campaign, so that accepted questions (a 1e999 in an ignored place) answer in seconds."""
     pytest.importorskip("schemathesis", reason="pip install -e '.[campaign]'")
+    from tests.schemathesis_nonfinite import LOG_ENV, TOKENS  # imports schemathesis: only where it is installed
     index_dir = tmp_path / "index"  # uploads land in a copy, not in the session's index
     shutil.copytree(runtime.settings.index.path, index_dir)
     rt = runtime.derive({
