@@ -447,7 +447,6 @@ class BatchingGenerator:
                 self._run_call(work)
             else:
                 self._run_batch(work)
-            self.batches_run += 1
 
     def _next_work(self) -> list[_Job] | _Job | None:
         """Block for the next job; a call job comes alone, generations come as a batch. None once stopped."""
@@ -490,6 +489,8 @@ class BatchingGenerator:
     def _run_batch(self, jobs: list[_Job]) -> None:
         live = [job for job in jobs if _start(job)]
         if not live:
+            with self._cond:
+                self.batches_run += 1
             return
         stopped: set[int] = set()
         batch = RunningBatch(
@@ -508,6 +509,7 @@ class BatchingGenerator:
         with self._cond:
             self._batch = batch
         results: list[GenerationResult] | None = None
+        error: BaseException | None = None
         try:
             results = self.generator.generate_batch(
                 [job.prompt for job in live],
@@ -518,22 +520,24 @@ class BatchingGenerator:
             if len(results) != len(live):
                 raise RuntimeError(f"generate_batch returned {len(results)} results for {len(live)} prompts")
         except BaseException as exc:  # every caller of the batch must hear about it, never hang
-            results = None
+            results, error = None, exc
             log.exception("generation batch of %d failed", len(live))
+        with self._cond:
+            self._batch = None
+            if results is not None:  # a failed batch measures nothing
+                self.costs.record_batch(
+                    [FinishedRow(r.prompt_tokens, r.completion_tokens, job.max_new_tokens, len(job.prompt),
+                                 cut_short=row in stopped)
+                     for row, (job, r) in enumerate(zip(live, results, strict=True))],
+                    batch.started, batch.first_step, time.monotonic(),
+                )
+            # Counted before any caller hears its result: a caller that then reads these sees its own batch.
+            self.rows_stopped += len(stopped)
+            self.batches_run += 1
+        if results is None:
             for job in live:
-                _fail(job, exc)
+                _fail(job, error)
             return
-        finally:
-            with self._cond:
-                self._batch = None
-                if results is not None:  # a failed batch measures nothing
-                    self.costs.record_batch(
-                        [FinishedRow(r.prompt_tokens, r.completion_tokens, job.max_new_tokens, len(job.prompt),
-                                     cut_short=row in stopped)
-                         for row, (job, r) in enumerate(zip(live, results, strict=True))],
-                        batch.started, batch.first_step, time.monotonic(),
-                    )
-        self.rows_stopped += len(stopped)
         for row, (job, result) in enumerate(zip(live, results, strict=True)):
             if row in stopped:
                 _fail(job, GenerationTimeout("the request passed its time limit or was abandoned while generating"))
@@ -542,17 +546,24 @@ class BatchingGenerator:
 
     def _run_call(self, job: _Job) -> None:
         if not _start(job):
+            with self._cond:
+                self.batches_run += 1
             return
         started = time.monotonic()
+        value, error = None, None
         try:
             assert job.call is not None
-            job.future.set_result(job.call())
+            value = job.call()
         except BaseException as exc:
             log.exception("generator call failed")
-            _fail(job, exc)
-        finally:
-            with self._cond:
-                self.costs.record_call(time.monotonic() - started)
+            error = exc
+        with self._cond:  # measured and counted before the caller hears the result, as for a batch
+            self.costs.record_call(time.monotonic() - started)
+            self.batches_run += 1
+        if error is not None:
+            _fail(job, error)
+        else:
+            job.future.set_result(value)
 
 
 def _check_budget(max_new_tokens: int, limit: int) -> None:
