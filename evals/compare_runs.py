@@ -43,6 +43,19 @@ def held_out_right(rows: list[Labeled], names: list[str]) -> dict[tuple[str, str
     return right
 
 
+def calibrated_right(
+    folders: list[Path], sets_root: Path, names: list[str],
+) -> dict[tuple[str, str], tuple[bool, bool]] | None:
+    """``held_out_right`` of the gates-open records of ``folders``, scored again against the sets under
+    ``sets_root``; None when they cover fewer than two sets (held-out fitting needs the others)."""
+    records = latest_records(folders)
+    items = set_items(sets_root, {r["set"] for r in records})
+    rows = [row for r in records if (row := labeled(r, items.get(r["id"]))) is not None]
+    if len({r.set_name for r in rows}) < 2:
+        return None
+    return held_out_right(rows, names)
+
+
 def recorded_right(folders: list[Path]) -> dict[tuple[str, str], tuple[bool, bool]]:
     """(set, id) -> (right as recorded, the same) for the baseline records of ``folders``: it has no gate, so
     what it gives is what it answers."""
@@ -76,18 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets-root", type=Path, default=Path("../shared/eval"), help="the sets, to score again")
     args = parser.parse_args(argv)
     names = args.features.split(",")
-    sides = []
-    for folders in (args.a, args.b or []):
-        if not folders:
-            sides.append(recorded_right(args.baseline))
-            continue
-        records = latest_records(folders)
-        items = set_items(args.sets_root, {r["set"] for r in records})
-        rows = [row for r in records if (row := labeled(r, items.get(r["id"]))) is not None]
-        if len({r.set_name for r in rows}) < 2:
-            print("compare_runs: error: each side needs gates-open records of two or more sets", file=sys.stderr)
-            return EXIT_USAGE
-        sides.append(held_out_right(rows, names))
+    a = calibrated_right(args.a, args.sets_root, names)
+    b = recorded_right(args.baseline) if args.baseline else calibrated_right(args.b, args.sets_root, names)
+    if a is None or b is None:
+        print("compare_runs: error: each side needs gates-open records of two or more sets", file=sys.stderr)
+        return EXIT_USAGE
+    sides = [a, b]
     common = sorted(set(sides[0]) & set(sides[1]))
     if not common:
         print("compare_runs: error: the two sides share no question", file=sys.stderr)
