@@ -41,26 +41,34 @@ def test_schemathesis_finds_no_server_error_and_no_conformance_failure(runtime, 
     """Every check schemathesis has (positive and negative data), a bounded number of examples per operation.
     Generation is capped at 4 tokens so that the accepted questions answer in seconds on a CPU."""
     pytest.importorskip("schemathesis", reason="pip install -e '.[campaign]'")
-    index_dir = tmp_path / "index"  # uploads land in a copy, not in the session's index
+    run = run_schemathesis(runtime, tmp_path, [
+        "--checks", "all", "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--seed", SCHEMATHESIS_SEED,
+    ])
+    assert run.returncode == 0, f"see {tmp_path / 'schemathesis.txt'}\n" + run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def run_schemathesis(runtime, tmp_path: Path, args: list[str], env: dict[str, str] | None = None):
+    """schemathesis's CLI (``args`` after ``run URL``) against a real server over a copy of the session's index
+    (uploads land in the copy), generation capped at 4 tokens so that accepted questions answer in seconds on a
+    CPU; its output also kept in ``tmp_path/schemathesis.txt``. The completed process."""
+    index_dir = tmp_path / "index"
     shutil.copytree(runtime.settings.index.path, index_dir)
     rt = runtime.derive({
         "index": {"path": index_dir},
         "generation": {"max_new_tokens": 4, "max_new_tokens_short": 4, "max_new_tokens_limit": 4},
     })
-    settings = rt.settings
     try:
-        with served(create_app(settings, runtime=rt)) as port:
+        with served(create_app(rt.settings, runtime=rt)) as port:
             run = subprocess.run(
                 [sys.executable, "-m", "schemathesis.cli", "--config-file", str(REPO / "schemathesis.toml"),
-                 "run", f"http://127.0.0.1:{port}/openapi.json",
-                 "--checks", "all", "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--seed", SCHEMATHESIS_SEED,
+                 "run", f"http://127.0.0.1:{port}/openapi.json", *args,
                  "--request-timeout", "180", "--workers", "1", "--suppress-health-check", "all"],
-                cwd=tmp_path, capture_output=True, text=True, timeout=3000,
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3000,
             )
     finally:
         rt.close()  # its own index and batcher only
     (tmp_path / "schemathesis.txt").write_text(run.stdout + run.stderr, encoding="utf-8")
-    assert run.returncode == 0, f"see {tmp_path / 'schemathesis.txt'}\n" + run.stdout[-6000:] + run.stderr[-2000:]
+    return run
 
 
 def kill_corpus(docs: Path) -> None:

@@ -17,9 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-import shutil
-import subprocess
-import sys
 import threading
 import time
 
@@ -30,6 +27,7 @@ from api.app import create_app
 from bench.cpu_hog import CpuHog, usable_cores
 from tests.conftest import REPO
 from tests.test_api_hardening import served
+from tests.test_campaign_slow import run_schemathesis
 
 pytestmark = pytest.mark.slow
 
@@ -171,27 +169,13 @@ def test_schemathesis_with_non_finite_numbers_finds_no_server_error(runtime, tmp
     tokens, as in the campaign, so that accepted questions (a 1e999 in an ignored place) answer in seconds."""
     pytest.importorskip("schemathesis", reason="pip install -e '.[campaign]'")
     from tests.schemathesis_nonfinite import LOG_ENV, TOKENS  # imports schemathesis: only where it is installed
-    index_dir = tmp_path / "index"  # uploads land in a copy, not in the session's index
-    shutil.copytree(runtime.settings.index.path, index_dir)
-    rt = runtime.derive({
-        "index": {"path": index_dir},
-        "generation": {"max_new_tokens": 4, "max_new_tokens_short": 4, "max_new_tokens_limit": 4},
-    })
     log = tmp_path / "nonfinite.log"
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_nonfinite", LOG_ENV: str(log),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    try:
-        with served(create_app(rt.settings, runtime=rt)) as port:
-            run = subprocess.run(
-                [sys.executable, "-m", "schemathesis.cli", "--config-file", str(REPO / "schemathesis.toml"),
-                 "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", NONFINITE_CHECKS,
-                 "--phases", "examples,fuzzing", "--max-examples", str(NONFINITE_EXAMPLES), "--seed", NONFINITE_SEED,
-                 "--request-timeout", "180", "--workers", "1", "--suppress-health-check", "all"],
-                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3000,
-            )
-    finally:
-        rt.close()
-    (tmp_path / "schemathesis.txt").write_text(run.stdout + run.stderr, encoding="utf-8")
+    run = run_schemathesis(runtime, tmp_path, [
+        "--checks", NONFINITE_CHECKS, "--phases", "examples,fuzzing", "--max-examples", str(NONFINITE_EXAMPLES),
+        "--seed", NONFINITE_SEED,
+    ], env=env)
     sent = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
     print(f"\nnon-finite bodies generated: {len(sent)}; " + run.stdout.strip().splitlines()[-1] if run.stdout else "")
     assert run.returncode == 0, f"see {tmp_path / 'schemathesis.txt'}\n" + run.stdout[-6000:] + run.stderr[-2000:]
