@@ -168,10 +168,11 @@ def report_dict(report: IngestReport, index_path: Path) -> dict:
 
 
 def summary(report: IngestReport, index_path: Path) -> str:
+    tables = f", {report.table_pages} with table rows" if report.table_pages else ""  # only with ingest.tables "rows"
     lines = [
         f"files: {report.new} new, {report.changed} changed, {report.unchanged} unchanged, "
         f"{report.removed} removed, {len(report.failed)} failed",
-        f"pages: {report.pages} ({report.ocr_pages} read by OCR)  "
+        f"pages: {report.pages} ({report.ocr_pages} read by OCR{tables})  "
         f"chunks: +{report.chunks_added} -{report.chunks_removed} "
         f"(total {report.chunks_total})  time: {report.seconds:.1f} s  ({report.pages_per_second:.1f} pages/s)",
         f"index: {index_path}",

@@ -103,6 +103,14 @@ class IngestSettings(BaseModel):
         20, ge=1, description="A page whose text layer has fewer visible characters than this is OCR'd (a scan's "
         "page often carries a stray page number or an invisible header)."
     )
+    tables: Literal["rows", "off"] = Field(
+        "off", description="'rows': a page holding a table is read a second time in pypdf's layout mode and each "
+        "table row is written as one line carrying its column headers and unit ('Net sales: Three Months Ended June "
+        "30, 2023: $134,383; ... (in millions).'); 'off': pypdf's plain text, a row on its line with its figures and "
+        "the headers where the table has them. Off by default: on sec10q-dev, rows cost 1.8x the parse time and 41% "
+        "more chunks and did not answer more questions (docs/evaluation.md, 'Tables'). Documents ingested before a "
+        "change keep their text until rag-ingest --rebuild."
+    )
     engine: Literal["local", "ray"] = Field(
         "local", description="'local' parses in a process pool on this machine and embeds in this process; "
         "'ray' runs parsing, chunking and embedding as Ray Data stages on a Ray cluster (pip install -e '.[ray]'), "

@@ -26,6 +26,7 @@ class ParsedDocument:
     content_hash: str  # sha256 of the file bytes
     pages: tuple[Page, ...]
     ocr_pages: int = 0  # pages whose text Tesseract read (no text layer)
+    table_pages: int = 0  # pages whose table rows were written with their headers (rag.ingestion.tables)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class PageRange:
     page_count: int
     content_hash: str
     ocr_pages: tuple[int, ...] = ()  # 1-based pages of this range whose text Tesseract read
+    table_pages: tuple[int, ...] = ()  # 1-based pages of this range whose table rows carry their headers
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class IngestReport:
     failed: list[FileFailure] = field(default_factory=list)
     pages: int = 0
     ocr_pages: int = 0  # pages without a text layer, read by Tesseract
+    table_pages: int = 0  # pages whose table rows were written with their column headers
     chunks_added: int = 0
     chunks_removed: int = 0
     chunks_total: int = 0

@@ -233,6 +233,11 @@ def test_sec_10q_parses_with_known_page():
     # the income statement: total net sales for the quarter and the six months, this year and the last
     income_statement = "Total net sales 94,836 97,278 211,990 221,223"
     assert [page.number for page in doc.pages if income_statement in squeeze(page.text)] == [4]
+    # with ingest.tables "rows", each figure after its column's header
+    rows = parse_pdf(path, IngestSettings(ocr="off", tables="rows"))
+    row = ("Net sales, Total net sales: Three Months Ended April 1,2023: 94,836; March 26,2022: 97,278; "
+           "Six Months Ended April 1,2023: 211,990; March 26,2022: 221,223 (in millions).")
+    assert [page.number for page in rows.pages if row in squeeze(page.text)] == [4]
 
 
 @pytest.mark.slow

@@ -83,11 +83,14 @@ def _contents(settings, probe: str | None = "aapl.pdf") -> tuple[dict, dict, dic
 
 
 def test_same_index_on_both_engines(tmp_path, corpus, embedder, local_ray):
-    local = make_settings(tmp_path / "local", ingest__pages_per_task=PAGES_PER_TASK)
-    on_ray = make_settings(tmp_path / "ray", ingest__pages_per_task=PAGES_PER_TASK, ingest__engine="ray")
+    # Table rows on (ingest.tables "rows"): aapl.pdf's statements are read twice, on either engine.
+    local = make_settings(tmp_path / "local", ingest__pages_per_task=PAGES_PER_TASK, ingest__tables="rows")
+    on_ray = make_settings(tmp_path / "ray", ingest__pages_per_task=PAGES_PER_TASK, ingest__engine="ray",
+                           ingest__tables="rows")
 
     expected = ingest(local, corpus, embedder)
     report = ingest(on_ray, corpus, embedder)
+    assert report.table_pages == expected.table_pages > 0
 
     failures = {f.path: f.reason for f in report.failed}
     assert failures == {f.path: f.reason for f in expected.failed}  # reported exactly as locally

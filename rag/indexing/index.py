@@ -53,6 +53,7 @@ class NewDocument:
     chunks: list[Chunk]
     vectors: np.ndarray  # (len(chunks), dim) float32
     ocr_pages: int = 0  # pages whose text Tesseract read (counted in the ingest report, not stored)
+    table_pages: int = 0  # pages whose table rows carry their headers (likewise)
 
 
 @dataclass(frozen=True)

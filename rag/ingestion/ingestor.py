@@ -338,6 +338,7 @@ class Ingestor:
                         result = replace(result, collection=collections[result.path])
                     report.pages += result.pages
                     report.ocr_pages += result.ocr_pages
+                    report.table_pages += result.table_pages
                     ready.append(result)
                 if progress:
                     progress(1)
@@ -384,6 +385,7 @@ class Ingestor:
             docs.append(NewDocument(
                 path=f.name, collection=collection, content_hash=f.content_hash, pages=f.pages,
                 size_bytes=f.size_bytes, chunks=f.chunks, vectors=vectors[offset:offset + n], ocr_pages=f.ocr_pages,
+                table_pages=f.table_pages,
             ))
             offset += n
         return docs

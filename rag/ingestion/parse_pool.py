@@ -35,6 +35,7 @@ class ParsedFile:
     size_bytes: int
     chunks: list[Chunk]
     ocr_pages: int = 0  # pages whose text Tesseract read
+    table_pages: int = 0  # pages whose table rows carry their headers
 
 
 def parse_files(
@@ -174,4 +175,4 @@ def chunk_parsed(chunker: Chunker, name: str, path: Path, document) -> ParsedFil
     if not chunks:
         raise PdfError("no text to index after extraction")
     return ParsedFile(name, document.content_hash, len(document.pages), path.stat().st_size, chunks,
-                      document.ocr_pages)
+                      document.ocr_pages, document.table_pages)

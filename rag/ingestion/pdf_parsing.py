@@ -23,6 +23,7 @@ from pypdf.generic import ArrayObject, IndirectObject, NullObject
 
 from rag.errors import PdfError
 from rag.ingestion.ocr import INSTALL_HINT, needs_ocr, ocr_enabled, ocr_pages, tesseract_version
+from rag.ingestion.tables import may_hold_table, rows_with_headers
 from rag.settings import IngestSettings
 from rag.types import FileFailure, Page, PageRange, ParsedDocument
 
@@ -89,7 +90,7 @@ class OpenPdf:
         """
         stop = self.page_count if stop is None else min(stop, self.page_count)
         with _quiet_pypdf(), pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
-            texts, failures = _extract_pages(self._reader, range(start, stop))
+            texts, failures, tables = _extract_pages(self._reader, range(start, stop), self.settings.tables == "rows")
         read_by_ocr: list[int] = []
         failed = {number for number, _ in failures}
         blank = [start + i for i, text in enumerate(texts)
@@ -104,6 +105,7 @@ class OpenPdf:
         return PageRange(
             start=start, texts=tuple(normalize_text(text) for text in texts), failures=tuple(failures),
             page_count=self.page_count, content_hash=self.content_hash, ocr_pages=tuple(read_by_ocr),
+            table_pages=tuple(tables),
         )
 
 
@@ -160,7 +162,9 @@ def assemble_document(path: Path, content_hash: str, parts: list[PageRange], set
     if visible == 0 or visible / len(pages) < settings.min_chars_per_page:
         raise PdfError(no_text_reason(settings))
     ocr_count = sum(len(part.ocr_pages) for part in parts)
-    return ParsedDocument(path=Path(path), content_hash=content_hash, pages=pages, ocr_pages=ocr_count)
+    table_count = sum(len(part.table_pages) for part in parts)
+    return ParsedDocument(path=Path(path), content_hash=content_hash, pages=pages, ocr_pages=ocr_count,
+                          table_pages=table_count)
 
 
 def no_text_reason(settings: IngestSettings) -> str:
@@ -239,22 +243,40 @@ def _open_reader(data: bytes) -> PdfReader:
     return reader
 
 
-def _extract_pages(reader: PdfReader, indices: range) -> tuple[list[str], list[tuple[int, str]]]:
+def _extract_pages(
+    reader: PdfReader, indices: range, tables: bool,
+) -> tuple[list[str], list[tuple[int, str]], list[int]]:
     """Raw text of the pages at ``indices``; a page whose extraction throws becomes "" and is listed as
-    (1-based page, "ErrorType: message")."""
+    (1-based page, "ErrorType: message"). With ``tables``, a page holding a table has its rows rewritten to
+    carry their column headers (``rag.ingestion.tables``); the third list holds those pages (1-based)."""
     texts: list[str] = []
     failures: list[tuple[int, str]] = []
+    with_rows: list[int] = []
     for index in indices:
         try:
             page = reader.pages[index]
             missing = _missing_contents(page)
             if missing:
                 raise PdfError(f"page content stream missing ({missing} not found in the file)")
-            texts.append(page.extract_text() or "")
+            text = page.extract_text() or ""
+            rows = _table_rows(page) if tables and may_hold_table(text) else None
+            texts.append(text if rows is None else rows)
+            if rows is not None:
+                with_rows.append(index + 1)
         except Exception as error:  # noqa: BLE001 - a broken page must not lose the rest of the document
             texts.append("")
             failures.append((index + 1, f"{type(error).__name__}: {error}"))
-    return texts, failures
+    return texts, failures, with_rows
+
+
+def _table_rows(page: Any) -> str | None:
+    """The page read in layout mode with its table rows carrying their headers, or None when it holds no
+    table or layout mode fails on it (the plain text is still good)."""
+    try:
+        return rows_with_headers(page.extract_text(extraction_mode="layout") or "")
+    except Exception as error:  # noqa: BLE001 - layout mode is a second reading; its failure loses nothing
+        logger.debug("layout extraction failed, plain text kept: %s: %s", type(error).__name__, error)
+        return None
 
 
 def _missing_contents(page: Any) -> str | None:

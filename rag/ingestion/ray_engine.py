@@ -179,7 +179,7 @@ class RayEngine:
                 path=name, collection=collection, content_hash=chunk.content_hash, pages=int(batch["pages"][i]),
                 size_bytes=int(batch["size_bytes"][i]), chunks=[c for c, _ in parts],
                 vectors=np.stack([v for _, v in parts]),  # (n_chunks, dim)
-                ocr_pages=int(batch["ocr_pages"][i]),
+                ocr_pages=int(batch["ocr_pages"][i]), table_pages=int(batch["table_pages"][i]),
             ))
         return done
 
@@ -258,8 +258,8 @@ def _read_range(name: str, path: str, start: int, stop: int, settings: Settings)
 
 
 _CHUNK_DEFAULTS = {
-    "content_hash": "", "pages": 0, "ocr_pages": 0, "size_bytes": 0, "n_chunks": 0, "position": 0, "page_start": 0,
-    "page_end": 0, "char_start": 0, "char_end": 0, "text": "",
+    "content_hash": "", "pages": 0, "ocr_pages": 0, "table_pages": 0, "size_bytes": 0, "n_chunks": 0, "position": 0,
+    "page_start": 0, "page_end": 0, "char_start": 0, "char_end": 0, "text": "",
 }
 
 
@@ -280,7 +280,7 @@ def _chunk_rows(row: dict[str, Any], settings: Settings) -> list[dict[str, Any]]
     return [
         {
             "name": name, "failure": "", "content_hash": c.content_hash, "pages": parsed.pages,
-            "ocr_pages": parsed.ocr_pages,
+            "ocr_pages": parsed.ocr_pages, "table_pages": parsed.table_pages,
             "size_bytes": parsed.size_bytes, "n_chunks": len(parsed.chunks), "position": c.position,
             "page_start": c.page_start, "page_end": c.page_end, "char_start": c.char_start, "char_end": c.char_end,
             "text": c.text,
