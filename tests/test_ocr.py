@@ -49,6 +49,30 @@ def test_ocr_text_matches_the_text_layer_of_the_original(steam_scan) -> None:
         assert error_rate < 0.02, (page.number, error_rate)  # measured 0.000 on a 2-core run, 150 dpi scans
 
 
+@needs_tesseract
+def test_a_scanned_page_is_laid_out_and_chunked_as_its_text_original(steam_scan) -> None:
+    """No blank line between Tesseract's blocks (the chunker cuts there first): the scan makes as many chunks as
+    the text original, not one per paragraph."""
+    from dataclasses import replace
+
+    from rag.ingestion.chunking import Chunker
+    from rag.models import resolve_embedder
+    from rag.settings import ChunkingSettings, ModelSettings
+
+    scanned = parse_pdf(steam_scan, IngestSettings(ocr="on"))
+    assert all("\n\n" not in page.text for page in scanned.pages)
+    original = parse_pdf(squad_doc("Steam_engine.pdf"), IngestSettings(ocr="off"))
+    original = replace(original, pages=original.pages[: len(STEAM_PAGES)])
+    chunker = Chunker(resolve_embedder(ModelSettings()), ChunkingSettings()).load()
+    assert len(chunker.chunk(scanned, "scan")) == len(chunker.chunk(original, "text"))
+
+
+def test_tesseract_blocks_are_joined_line_by_line() -> None:
+    assert ocr.as_text_layer("First block line\nsecond line\n\nNext block\n \n\nLast\n") == (
+        "First block line\nsecond line\nNext block\nLast\n"
+    )
+
+
 def test_without_ocr_a_scan_is_refused_saying_why(steam_scan, monkeypatch) -> None:
     with pytest.raises(PdfError, match=r"no text layer .*OCR is off \(ingest\.ocr\)"):
         parse_pdf(steam_scan, IngestSettings(ocr="off"))

@@ -84,6 +84,17 @@ def needs_ocr(text: str, settings: IngestSettings) -> bool:
     return len(re.sub(r"\s+", "", text)) < settings.ocr_below_chars
 
 
+def as_text_layer(text: str) -> str:
+    """Tesseract's text laid out as pypdf lays out a text page: a line per line, no blank line between blocks.
+
+    Tesseract ends every block with a blank line; the chunker cuts at blank lines first, so a scan's chunks ended
+    at each paragraph (squad2-dev's 49 pages: 257 chunks of 656 characters on average against the text original's
+    225 of 814). Shorter chunks match a question more closely, and the confidence model, fitted on text PDFs, read
+    that as evidence: on scans it answered unanswerable questions the text original declined.
+    """
+    return re.sub(r"\n[ \t]*\n+", "\n", text)
+
+
 def ocr_pages(data: bytes, indices: Sequence[int], settings: IngestSettings) -> list[str]:
     """The text Tesseract reads on the pages at ``indices`` (0-based) of the PDF ``data``, in order.
 
@@ -108,7 +119,7 @@ def ocr_pages(data: bytes, indices: Sequence[int], settings: IngestSettings) -> 
             finally:
                 page.close()
             engine.SetImage(image)
-            texts.append(engine.GetUTF8Text())
+            texts.append(as_text_layer(engine.GetUTF8Text()))
         return texts
     finally:
         document.close()
