@@ -10,10 +10,11 @@ rewritten as one line, ending with a full stop so that the evidence step quotes 
     Intelligent Cloud: Three Months Ended September 30, 2023: 24,259; Three Months Ended September 30, 2022: 20,325
     (in millions).
 
-Chosen by measurement on sec10q-dev (docs/evaluation.md, "Tables"): pdfplumber's table finder found the filings'
-tables but not their header rows, and put values in the wrong columns, at twice the time of pypdf's layout mode.
-Only pages whose plain text looks tabular are extracted a second time in layout mode, and a page without a table
-block keeps its plain text, so prose documents cost nothing and read exactly as before.
+pypdf's layout mode over pdfplumber, by measurement (docs/evaluation.md, "Tables"): pdfplumber's table finder found
+the filings' tables but not their header rows, and put figures in the wrong columns, at twice the time. Only pages
+whose plain text looks tabular are read a second time, and a page without a table block keeps its plain text, so
+prose documents cost nothing and read exactly as before. Used with ``ingest.tables`` "rows"; the default is "off":
+on sec10q-dev the rows cost 1.8x the parse time and 41% more chunks, and did not answer more questions.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ _VALUE = re.compile(r"^\$?\s*\(?\s*[-âˆ’]?\$?\s*\d[\d,]*(\.\d+)?\s*\)?\s*%?$|^[â
 _YEAR = re.compile(r"^(19|20)\d\d$")
 _CELL_GAP = re.compile(r"\S+(?: \S+)*")  # cells are separated by two spaces or more
 # The unit of a table's amounts: "(In millions, except per share amounts)", "(dollars in thousands)". Only its base
-# ("in millions") is written on each row: the rest repeated on every row crowded the chunks (retrieval fell).
-_UNIT = re.compile(r"\b(?:dollars |amounts |\$ )?in (millions|thousands|billions)\b([^):;]*)", re.IGNORECASE)
+# ("in millions") is written on each row, and not on rows of shares, per-share figures or percentages: Apple's
+# "(In millions, except number of shares which are reflected in thousands and per share amounts)" on every row
+# would be longer than most rows.
+_UNIT = re.compile(r"\b(?:dollars |amounts |\$ )?in (millions|thousands|billions)\b", re.IGNORECASE)
 _NOT_IN_UNIT = re.compile(r"\bshares?\b|%|\bratio\b|\bpercent", re.IGNORECASE)
 # A plain-text line ending in a number, for the cheap test of whether a page is worth a layout extraction.
 _ENDS_IN_VALUE = re.compile(r"\d\)?%?\s*$")
