@@ -182,6 +182,12 @@ class RetrievalSettings(BaseModel):
         description="Hybrid mode also ranks, by dense and BM25 scores, the passages of the documents the question "
         "points at by name, company or period (rag.answering.focus: 'Intel's latest 10-Q').",
     )
+    table_ranking: bool = Field(
+        False,
+        description="For a question about a report, one more ranking in the fusion: the named documents' table "
+        "passages (most lines end in a figure) by BM25, so that the row holding a figure competes with the prose "
+        "around it.",
+    )
     min_relevance: float = Field(
         0.20, ge=-1.0, le=1.0,
         description="Relevance floor: abstain without generating when the best passage's cosine similarity to the "

@@ -4,6 +4,7 @@ name the question names, and both rankings again within the documents the questi
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -71,6 +72,7 @@ class HybridRetriever:
         self._titles: TitleIndex | None = None
         self._focus: DocumentFocus | None = None
         self._chunks_of: dict[str, list[int]] = {}
+        self._tabular: set[int] = set()
         self._lexical_generation = -1
         self._lock = threading.Lock()
 
@@ -86,6 +88,7 @@ class HybridRetriever:
                 self._lexical = LexicalIndex(chunks)
                 self._titles = TitleIndex(self.index.store.documents())
                 self._chunks_of, first_pages = _by_document(chunks)
+                self._tabular = {int(c.id) for c in chunks if is_tabular(c.text)} if self.settings.table_ranking else set()
                 self._focus = DocumentFocus(first_pages)
                 self._lexical_generation = self.index.generation
             return self._lexical
@@ -155,7 +158,11 @@ class HybridRetriever:
         # One ranking, not two: a question that names the wrong document by accident ("nervous system" in
         # a question about myelin) then only nudges the fusion, while a filing named outright still wins it.
         fused = reciprocal_rank_fusion([dense, sparse], self.settings.rrf_k)
-        return [sorted(fused, key=lambda cid: fused[cid], reverse=True)]
+        rankings = [sorted(fused, key=lambda cid: fused[cid], reverse=True)]
+        tables = {cid for cid in known if cid in self._tabular}
+        if tables and asks_about_report(question):
+            rankings.append([cid for cid, _ in lexical.search(question, n, within=tables)])
+        return rankings
 
     def _cosine(self, query: np.ndarray, ids: list[int], known: dict[int, float]) -> dict[int, float]:
         """Cosine similarity of each id to the query: from FAISS when it ranked the id, else from the store."""
@@ -163,6 +170,13 @@ class HybridRetriever:
         dim = query.shape[0]
         found = {cid: float(vec @ query) for cid, vec in self.index.store.vectors_by_ids(missing, dim).items()}
         return {**{cid: known[cid] for cid in ids if cid in known}, **found}
+
+
+def is_tabular(text: str) -> bool:
+    """Whether most of a passage's lines end in a figure (a table's rows), three at least."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = sum(1 for line in lines if re.search(r"\d\)?%?\s*$", line))
+    return rows >= 3 and rows >= 0.5 * len(lines)
 
 
 def _by_document(chunks: list[Chunk]) -> tuple[dict[str, list[int]], dict[str, str]]:
