@@ -26,6 +26,14 @@ STOPWORDS = frozenset(
 _NUMBER = re.compile(r"(?<![\w.])(\()?-?\$?\s?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\)?(\s?%)?")
 
 
+_ENDS_IN_FIGURE = re.compile(r"\d\)?%?\s*$")
+
+
+def ends_in_figure(line: str) -> bool:
+    """Whether a line ends in a figure ("Net sales $ 134,383", "(627)", "12.5%"): how a table's row reads as text."""
+    return _ENDS_IN_FIGURE.search(line) is not None
+
+
 def normalize_answer(s: str) -> str:
     """Lower-case, drop punctuation, the articles a/an/the (whole words) and extra white space (SQuAD v2)."""
     text = s.lower()

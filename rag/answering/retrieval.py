@@ -4,7 +4,6 @@ name the question names, and both rankings again within the documents the questi
 
 from __future__ import annotations
 
-import re
 import threading
 
 import numpy as np
@@ -15,6 +14,7 @@ from rag.answering.titles import TitleIndex
 from rag.indexing.embedding import Embedder
 from rag.indexing.index import DocumentIndex
 from rag.settings import RetrievalSettings
+from rag.text import ends_in_figure
 from rag.types import Chunk, Passage
 
 
@@ -88,7 +88,7 @@ class HybridRetriever:
                 self._lexical = LexicalIndex(chunks)
                 self._titles = TitleIndex(self.index.store.documents())
                 self._chunks_of, first_pages = _by_document(chunks)
-                self._tabular = {int(c.id) for c in chunks if is_tabular(c.text)} if self.settings.table_ranking else set()
+                self._tabular = {int(c.id) for c in chunks if self.settings.table_ranking and is_tabular(c.text)}
                 self._focus = DocumentFocus(first_pages)
                 self._lexical_generation = self.index.generation
             return self._lexical
@@ -175,7 +175,7 @@ class HybridRetriever:
 def is_tabular(text: str) -> bool:
     """Whether most of a passage's lines end in a figure (a table's rows), three at least."""
     lines = [line for line in text.splitlines() if line.strip()]
-    rows = sum(1 for line in lines if re.search(r"\d\)?%?\s*$", line))
+    rows = sum(1 for line in lines if ends_in_figure(line))
     return rows >= 3 and rows >= 0.5 * len(lines)
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rag.text import ends_in_figure
+
 # A value cell: an amount, a percentage, a count, or a dash standing for nil. "$" and "%" may stand apart.
 _VALUE = re.compile(r"^\$?\s*\(?\s*[-−]?\$?\s*\d[\d,]*(\.\d+)?\s*\)?\s*%?$|^[—–-]{1,3}$")
 _YEAR = re.compile(r"^(19|20)\d\d$")
@@ -32,8 +34,6 @@ _CELL_GAP = re.compile(r"\S+(?: \S+)*")  # cells are separated by two spaces or 
 # would be longer than most rows.
 _UNIT = re.compile(r"\b(?:dollars |amounts |\$ )?in (millions|thousands|billions)\b", re.IGNORECASE)
 _NOT_IN_UNIT = re.compile(r"\bshares?\b|%|\bratio\b|\bpercent", re.IGNORECASE)
-# A plain-text line ending in a number, for the cheap test of whether a page is worth a layout extraction.
-_ENDS_IN_VALUE = re.compile(r"\d\)?%?\s*$")
 
 MIN_ROWS = 2  # a block of fewer rows is a sentence that ends in a number, not a table
 LABEL_GAP = 3  # spaces between a row's label and its first value (prose has single spaces)
@@ -63,7 +63,7 @@ class Row:
 
 def may_hold_table(plain_text: str) -> bool:
     """Whether a page's plain text has at least ``MIN_ROWS`` lines ending in a figure (worth a layout pass)."""
-    return sum(1 for line in plain_text.splitlines() if _ENDS_IN_VALUE.search(line)) >= MIN_ROWS
+    return sum(1 for line in plain_text.splitlines() if ends_in_figure(line)) >= MIN_ROWS
 
 
 def cells_of(line: str) -> list[Cell]:
