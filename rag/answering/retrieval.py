@@ -88,7 +88,8 @@ class HybridRetriever:
                 self._lexical = LexicalIndex(chunks)
                 self._titles = TitleIndex(self.index.store.documents())
                 self._chunks_of, first_pages = _by_document(chunks)
-                self._tabular = {int(c.id) for c in chunks if self.settings.table_ranking and is_tabular(c.text)}
+                tabular = (int(c.id) for c in chunks if is_tabular(c.text))  # read only with table_ranking on
+                self._tabular = set(tabular) if self.settings.table_ranking else set()
                 self._focus = DocumentFocus(first_pages)
                 self._lexical_generation = self.index.generation
             return self._lexical
@@ -159,9 +160,10 @@ class HybridRetriever:
         # a question about myelin) then only nudges the fusion, while a filing named outright still wins it.
         fused = reciprocal_rank_fusion([dense, sparse], self.settings.rrf_k)
         rankings = [sorted(fused, key=lambda cid: fused[cid], reverse=True)]
-        tables = {cid for cid in known if cid in self._tabular}
-        if tables and asks_about_report(question):
-            rankings.append([cid for cid, _ in lexical.search(question, n, within=tables)])
+        if self._tabular and asks_about_report(question):
+            tables = {cid for cid in known if cid in self._tabular}
+            if tables:
+                rankings.append([cid for cid, _ in lexical.search(question, n, within=tables)])
         return rankings
 
     def _cosine(self, query: np.ndarray, ids: list[int], known: dict[int, float]) -> dict[int, float]:

@@ -148,6 +148,12 @@ def _columns(block: list[Row]) -> list[tuple[float, float]]:
     return columns
 
 
+def _unit_in(text: str) -> str:
+    """The base unit ``text`` states ("in millions"), or ""."""
+    found = _UNIT.search(text)
+    return f"in {found.group(1).lower()}" if found else ""
+
+
 def _column_of(cell: Cell, columns: list[tuple[float, float]]) -> int:
     return min(range(len(columns)), key=lambda i: abs(columns[i][1] - cell.end))
 
@@ -173,13 +179,12 @@ def _headers(lines: list[str], first: int, columns: list[tuple[float, float]]) -
         cells = cells_of(line)
         prose = any(len(c.text) > MAX_HEADER_CELL and c.end > values_from for c in cells)
         if prose or _row_of(index, line) is not None:
-            found = _UNIT.search(line)
-            unit = unit or (f"in {found.group(1)}" if found else "")
+            unit = unit or _unit_in(line)
             break
         if all(c.centre < values_from for c in cells):  # a section label or a unit line at the left
-            found = _UNIT.search(line)
-            unit = unit or (f"in {found.group(1)}" if found else "")
-            if not found and not header_lines and not section:
+            stated = _unit_in(line)
+            unit = unit or stated
+            if not stated and not header_lines and not section:
                 section = " ".join(line.split()).rstrip(":")
             index -= 1
             continue
@@ -202,9 +207,8 @@ def _headers(lines: list[str], first: int, columns: list[tuple[float, float]]) -
         headers.append(parts)
     for cells in header_lines:
         for cell in cells:
-            found = _UNIT.search(cell.text)
-            unit = unit or (f"in {found.group(1)}" if found else "")
-    return headers, unit.strip().lower(), section
+            unit = unit or _unit_in(cell.text)
+    return headers, unit, section
 
 
 def _row_text(label: str, row: Row, columns: list[tuple[float, float]], headers: list[list[str]], unit: str) -> str:
@@ -214,11 +218,11 @@ def _row_text(label: str, row: Row, columns: list[tuple[float, float]], headers:
     "Three Months Ended Oct 1, 2022: $15,338; Sep 25, 2021: $19,192; Nine Months Ended Oct 1, 2022: ...".
     """
     values = []
-    shared: list[str] | None = None
+    shared: list[str] = []
     for value in row.values:
         parts = headers[_column_of(value, columns)]
         figure = re.sub(r"\s+", "", value.text)
-        own = parts[-1:] if shared is not None and parts[:-1] == shared and parts[:-1] else parts
+        own = parts[-1:] if parts[:-1] and parts[:-1] == shared else parts
         shared = parts[:-1]
         values.append(f"{' '.join(own)}: {figure}" if own else figure)
     # Per-share figures, share counts and percentages are not in the table's unit ("except per share amounts").
@@ -241,7 +245,7 @@ def rows_with_headers(layout_text: str) -> str | None:
         headers, unit, section = _headers(lines, block[0].line, columns)
         previous = block[0].line
         for row in block:
-            for between in lines[previous + 1:row.line] if row.line > block[0].line else []:
+            for between in lines[previous + 1:row.line]:  # empty for the first row
                 if between.strip():
                     section = " ".join(between.split()).rstrip(":")
             label = " ".join(row.label.split())
