@@ -73,7 +73,7 @@ class AnswerService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         form = answer_form(question)
-        budget = max_new_tokens or (gen.max_new_tokens if form == "long" else gen.max_new_tokens_short)
+        budget = max_new_tokens or self._token_budget(form)
         # Admission control first: a request the generator would refuse (503) is refused now, before seconds of
         # retrieval and evidence scoring on a CPU that the work ahead needs (in a burst those steps queue behind
         # each other); an admitted one holds its place meanwhile, so the requests after it count it as work ahead.
@@ -115,7 +115,12 @@ class AnswerService:
         form = answer_form(question)
         messages = build_quote_messages(question, evidence.quotes, form, calculate=gen.calculations)
         prompt = self.llm.render_chat(messages) + REPLY_PREFIX
-        return form, prompt, gen.max_new_tokens if form == "long" else gen.max_new_tokens_short
+        return form, prompt, self._token_budget(form)
+
+    def _token_budget(self, form: AnswerForm) -> int:
+        """Tokens an answer of ``form`` may take: ``generation.max_new_tokens`` for sentences, the short one for spans."""
+        gen = self.settings.generation
+        return gen.max_new_tokens if form == "long" else gen.max_new_tokens_short
 
     def prepare(self, question: str, top_k: int | None = None) -> tuple[AnswerForm, str, int] | None:
         """``build_prompt`` for a question, retrieved and quoted as ``stream`` does; None where the relevance gate
