@@ -13,6 +13,7 @@ the original's length: 0 is a perfect read. Tables read in another order than py
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import tempfile
@@ -62,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from rag.ingestion.pdf_parsing import ARRAY_LIMIT
 
+    @functools.cache
     def original_pages(path: Path) -> list:
-        """pypdf's pages of the original, read with the ingest's array limit (the 10-Qs' page trees pass
-        pypdf's default one)."""
+        """pypdf's pages of the original, read once per file with the ingest's array limit (the 10-Qs' page trees
+        pass pypdf's default one)."""
         with pypdf.apply_configuration(array_maximum_element_count=ARRAY_LIMIT):
             reader = pypdf.PdfReader(path)
             return list(reader.pages)
